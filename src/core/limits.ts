@@ -1,0 +1,155 @@
+import { CorralError } from "./errors.js";
+
+/** Resource limits of one sandbox. Sizes in bytes, times in milliseconds. */
+export interface Limits {
+  memoryBytes: number;
+  cpus: number;
+  pids: number;
+  diskBytes: number;
+  inodes: number;
+  openFiles: number;
+  /** RLIMIT_FSIZE: the largest file a process may write; defaults to the disk limit. */
+  fileSizeBytes: number;
+  timeoutMs: number;
+  /** Per stream (stdout, stderr): bytes kept; the rest is counted and dropped. */
+  outputCapBytes: number;
+}
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+
+export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
+  memoryBytes: 512 * MiB,
+  cpus: 1,
+  pids: 256,
+  diskBytes: 1 * GiB,
+  inodes: 100_000,
+  openFiles: 1024,
+  fileSizeBytes: 1 * GiB,
+  timeoutMs: 30_000,
+  outputCapBytes: 1 * MiB,
+});
+
+/** Bounds that keep a typo from asking for something absurd; the kernel enforces the rest. */
+const BOUNDS = {
+  memoryBytes: [8 * MiB, 1024 * GiB],
+  cpus: [0.01, 1024],
+  pids: [8, 1_000_000],
+  diskBytes: [16 * MiB, 16 * 1024 * GiB],
+  inodes: [1024, 100_000_000],
+  openFiles: [16, 1_048_576],
+  fileSizeBytes: [1, 16 * 1024 * GiB],
+  timeoutMs: [1, 24 * 3600 * 1000],
+  outputCapBytes: [0, 1024 * MiB],
+} as const satisfies Record<keyof Limits, readonly [number, number]>;
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: MiB,
+  mb: MiB,
+  mib: MiB,
+  g: GiB,
+  gb: GiB,
+  gib: GiB,
+  t: 1024 * GiB,
+  tb: 1024 * GiB,
+  tib: 1024 * GiB,
+};
+
+/** "512m", "1g", "1.5GiB", "1048576" → bytes (binary units, as Docker reads them). */
+export function parseSize(text: string, what: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) {
+    throw new CorralError(
+      "invalid_argument",
+      `invalid ${what} "${text}": expected a size such as 512m, 1g or 100000`,
+    );
+  }
+  return Math.floor(Number(m[1]) * unit);
+}
+
+const DURATION_UNITS: Record<string, number> = { "": 1000, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** "30s", "500ms", "2m", "30" (seconds) → milliseconds. */
+export function parseDuration(text: string, what: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
+  if (!m) {
+    throw new CorralError(
+      "invalid_argument",
+      `invalid ${what} "${text}": expected a duration such as 30s, 500ms or 2m`,
+    );
+  }
+  return Math.round(Number(m[1]) * DURATION_UNITS[m[2] ?? ""]!);
+}
+
+export function parseCount(text: string, what: string): number {
+  if (!/^\s*\d+\s*$/.test(text)) {
+    throw new CorralError("invalid_argument", `invalid ${what} "${text}": expected a whole number`);
+  }
+  return Number(text);
+}
+
+export function parseCpus(text: string): number {
+  if (!/^\s*\d+(\.\d+)?\s*$/.test(text)) {
+    throw new CorralError("invalid_argument", `invalid cpus "${text}": expected a number such as 1 or 0.5`);
+  }
+  return Number(text);
+}
+
+/** Text form of each limit as a user would type it (the CLI's flags). */
+export interface LimitFlags {
+  mem?: string;
+  cpus?: string;
+  pids?: string;
+  disk?: string;
+  inodes?: string;
+  openFiles?: string;
+  fileSize?: string;
+  timeout?: string;
+  outputCap?: string;
+}
+
+/** Parse flags over the defaults and check every bound: the one entry point for limits. */
+export function limitsFromFlags(flags: LimitFlags, base: Limits = DEFAULT_LIMITS): Limits {
+  const limits: Limits = { ...base };
+  if (flags.mem !== undefined) limits.memoryBytes = parseSize(flags.mem, "memory limit");
+  if (flags.cpus !== undefined) limits.cpus = parseCpus(flags.cpus);
+  if (flags.pids !== undefined) limits.pids = parseCount(flags.pids, "pids limit");
+  if (flags.disk !== undefined) {
+    limits.diskBytes = parseSize(flags.disk, "disk limit");
+    // The file-size rlimit follows the disk limit unless set on its own.
+    if (flags.fileSize === undefined) limits.fileSizeBytes = limits.diskBytes;
+  }
+  if (flags.inodes !== undefined) limits.inodes = parseCount(flags.inodes, "inode limit");
+  if (flags.openFiles !== undefined) limits.openFiles = parseCount(flags.openFiles, "open files limit");
+  if (flags.fileSize !== undefined) limits.fileSizeBytes = parseSize(flags.fileSize, "file size limit");
+  if (flags.timeout !== undefined) limits.timeoutMs = parseDuration(flags.timeout, "timeout");
+  if (flags.outputCap !== undefined) limits.outputCapBytes = parseSize(flags.outputCap, "output cap");
+  return checkLimits(limits);
+}
+
+export function checkLimits(limits: Limits): Limits {
+  for (const [key, [lo, hi]] of Object.entries(BOUNDS) as [keyof Limits, readonly [number, number]][]) {
+    const v = limits[key];
+    if (!Number.isFinite(v) || v < lo || v > hi) {
+      throw new CorralError(
+        "invalid_argument",
+        `limit ${key} = ${v} is out of range [${lo}, ${hi}]`,
+      );
+    }
+  }
+  return limits;
+}
+
+/** Human-readable form, for the CLI and doctor. */
+export function formatBytes(n: number): string {
+  if (n >= GiB && n % GiB === 0) return `${n / GiB} GiB`;
+  if (n >= MiB) return `${Math.round((n / MiB) * 10) / 10} MiB`;
+  if (n >= 1024) return `${Math.round(n / 1024)} KiB`;
+  return `${n} B`;
+}

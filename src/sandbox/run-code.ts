@@ -1,0 +1,134 @@
+/**
+ * One-shot execution: create a sandbox, run one program in it, bring files out, destroy
+ * it. This is the path `corral run` and the demo take; sessions reuse its pieces.
+ */
+import { createHash } from "node:crypto";
+import { argvFor, codeFileFor } from "../core/languages.js";
+import type { Limits } from "../core/limits.js";
+import type { ImageRef, Language, TestOnlyWeakening } from "../core/sandbox.js";
+import { type ChangedFile, collectChangedFiles } from "./files-out.js";
+import type { Host } from "./host.js";
+import { Sandbox } from "./sandbox.js";
+
+export interface RunCodeRequest {
+  language: Language;
+  code: string;
+  image: ImageRef;
+  limits: Limits;
+  outDir?: string;
+  /** Files placed in the sandbox before the code runs (path inside, bytes). */
+  inputs?: { path: string; data: Buffer }[];
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  testOnly?: TestOnlyWeakening;
+  /** Called once the sandbox exists (the CLI uses it to clean up on Ctrl-C). */
+  onSandbox?: (sandbox: Sandbox) => void;
+}
+
+export interface StreamResult {
+  text: string;
+  /** Present when the bytes are not valid UTF-8: the exact bytes kept. */
+  base64?: string;
+  bytes: number;
+  truncated: boolean;
+}
+
+export interface RunResult {
+  sandbox: string;
+  image: string;
+  language: Language;
+  exitCode: number;
+  killed: "timeout" | "oom" | null;
+  sandboxKilled: boolean;
+  durationMs: number;
+  cpuMs: number | null;
+  peakMemoryBytes: number | null;
+  stdout: StreamResult;
+  stderr: StreamResult;
+  files: ChangedFile[];
+  limits: Limits;
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+export function streamResult(bytes: Buffer, total: number): StreamResult {
+  const out: StreamResult = { text: "", bytes: total, truncated: total > bytes.length };
+  try {
+    out.text = strictUtf8.decode(bytes);
+  } catch {
+    // Keep the raw bytes too, so nothing is lost; the text has U+FFFD where bytes were bad.
+    out.text = bytes.toString("utf8");
+    out.base64 = bytes.toString("base64");
+  }
+  return out;
+}
+
+export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResult> {
+  const started = performance.now();
+  const sandbox = await Sandbox.create(host, {
+    image: req.image,
+    limits: req.limits,
+    ...(req.testOnly ? { testOnly: req.testOnly } : {}),
+  });
+  req.onSandbox?.(sandbox);
+  try {
+    const codeFile = codeFileFor(req.language);
+    await sandbox.writeFile(codeFile, req.code);
+    for (const input of req.inputs ?? []) await sandbox.writeFile(input.path, input.data);
+    const outcome = await sandbox.exec({
+      argv: argvFor(req.language, codeFile),
+      cwd: "/work",
+      timeoutMs: req.limits.timeoutMs,
+      outputCapBytes: req.limits.outputCapBytes,
+      ...(req.onStdout ? { onStdout: req.onStdout } : {}),
+      ...(req.onStderr ? { onStderr: req.onStderr } : {}),
+    });
+    // Files are taken only after every process in the sandbox is gone.
+    await sandbox.stop();
+    const unchangedInputs = new Set(
+      (req.inputs ?? []).map((i) => `${i.path}\0${createHash("sha256").update(i.data).digest("hex")}`),
+    );
+    const files = (
+      await collectChangedFiles(sandbox.upperPath("work"), {
+        ...(req.outDir ? { outDir: req.outDir } : {}),
+      })
+    ).filter((f) => !unchangedInputs.has(`/work/${f.path}\0${f.sha256}`));
+    const result: RunResult = {
+      sandbox: sandbox.id,
+      image: req.image.digest,
+      language: req.language,
+      exitCode: outcome.exitCode,
+      killed: outcome.killed,
+      sandboxKilled: outcome.sandboxKilled,
+      durationMs: Math.round((performance.now() - started) * 10) / 10,
+      cpuMs: outcome.usage.cpuUs === null ? null : Math.round(outcome.usage.cpuUs / 100) / 10,
+      peakMemoryBytes: outcome.usage.peakMemoryBytes,
+      stdout: streamResult(outcome.stdout.bytes(), outcome.stdout.total),
+      stderr: streamResult(outcome.stderr.bytes(), outcome.stderr.total),
+      files,
+      limits: req.limits,
+    };
+    host.events.emit({
+      principal: host.config.principal,
+      sandbox: sandbox.id,
+      kind: "exec",
+      details: {
+        language: req.language,
+        image: req.image.digest,
+        exitCode: result.exitCode,
+        killed: result.killed,
+        sandboxKilled: result.sandboxKilled,
+        durationMs: result.durationMs,
+        cpuMs: result.cpuMs,
+        peakMemoryBytes: result.peakMemoryBytes,
+        stdoutBytes: result.stdout.bytes,
+        stderrBytes: result.stderr.bytes,
+        files: files.map((f) => ({ path: f.path, size: f.size, sha256: f.sha256 })),
+      },
+      outcome: result.killed ?? (result.exitCode === 0 ? "ok" : "error"),
+    });
+    return result;
+  } finally {
+    await sandbox.destroy();
+  }
+}

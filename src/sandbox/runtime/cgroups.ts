@@ -1,0 +1,151 @@
+/**
+ * Reading a sandbox's cgroup: its limits (for the self-check) and its usage (for results).
+ * runc creates and removes the cgroup; Corral only reads it, and gc removes leftovers.
+ * cgroup v1 (tested here) and v2 (unified; mapped from the kernel docs) are both handled.
+ */
+import { existsSync } from "node:fs";
+import { readFile, readdir, rmdir } from "node:fs/promises";
+import path from "node:path";
+
+export const CGROUP_ROOT = "/sys/fs/cgroup";
+
+export type CgroupVersion = 1 | 2;
+
+export function cgroupVersion(root = CGROUP_ROOT): CgroupVersion {
+  // A unified hierarchy has cgroup.controllers at its root; v1 and hybrid do not.
+  return existsSync(path.join(root, "cgroup.controllers")) ? 2 : 1;
+}
+
+/** Whether the memory controller can limit memory+swap (v1 needs memsw accounting). */
+export function swapAccounting(version: CgroupVersion, root = CGROUP_ROOT): boolean {
+  if (version === 2) return true;
+  return existsSync(path.join(root, "memory", "memory.memsw.limit_in_bytes"));
+}
+
+export interface CgroupUsage {
+  cpuUs: number | null;
+  peakMemoryBytes: number | null;
+  oomKills: number | null;
+}
+
+export interface CgroupLimitsSeen {
+  memoryBytes: number | null;
+  cpuQuotaUs: number | null;
+  cpuPeriodUs: number | null;
+  pids: number | null;
+}
+
+async function readText(file: string): Promise<string | null> {
+  try {
+    return (await readFile(file, "utf8")).trim();
+  } catch {
+    return null;
+  }
+}
+
+async function readNumber(file: string): Promise<number | null> {
+  const t = await readText(file);
+  if (t === null) return null;
+  if (t === "max") return Number.POSITIVE_INFINITY;
+  const n = Number(t);
+  return Number.isFinite(n) ? n : null;
+}
+
+/** "key value" lines (memory.events, cpu.stat, memory.oom_control) → one key's value. */
+export function flatKey(text: string | null, key: string): number | null {
+  if (text === null) return null;
+  for (const line of text.split("\n")) {
+    const [k, v] = line.trim().split(/\s+/);
+    if (k === key && v !== undefined) return Number(v);
+  }
+  return null;
+}
+
+export class CgroupReader {
+  constructor(
+    readonly cgroupsPath: string,
+    readonly version: CgroupVersion = cgroupVersion(),
+    readonly root = CGROUP_ROOT,
+  ) {}
+
+  private file(controller: string, name: string): string {
+    return this.version === 2
+      ? path.join(this.root, this.cgroupsPath, name)
+      : path.join(this.root, controller, this.cgroupsPath, name);
+  }
+
+  async usage(): Promise<CgroupUsage> {
+    if (this.version === 2) {
+      const cpu = flatKey(await readText(this.file("", "cpu.stat")), "usage_usec");
+      return {
+        cpuUs: cpu,
+        peakMemoryBytes: await readNumber(this.file("", "memory.peak")),
+        oomKills: flatKey(await readText(this.file("", "memory.events")), "oom_kill"),
+      };
+    }
+    const ns = await readNumber(this.file("cpuacct", "cpuacct.usage"));
+    return {
+      cpuUs: ns === null ? null : Math.round(ns / 1000),
+      peakMemoryBytes: await readNumber(this.file("memory", "memory.max_usage_in_bytes")),
+      oomKills: flatKey(await readText(this.file("memory", "memory.oom_control")), "oom_kill"),
+    };
+  }
+
+  async limits(): Promise<CgroupLimitsSeen> {
+    if (this.version === 2) {
+      const cpuMax = await readText(this.file("", "cpu.max"));
+      const [quota, period] = (cpuMax ?? "").split(" ");
+      return {
+        memoryBytes: await readNumber(this.file("", "memory.max")),
+        cpuQuotaUs: quota === undefined || quota === "" ? null : quota === "max" ? -1 : Number(quota),
+        cpuPeriodUs: period === undefined ? null : Number(period),
+        pids: await readNumber(this.file("", "pids.max")),
+      };
+    }
+    return {
+      memoryBytes: await readNumber(this.file("memory", "memory.limit_in_bytes")),
+      cpuQuotaUs: await readNumber(this.file("cpu", "cpu.cfs_quota_us")),
+      cpuPeriodUs: await readNumber(this.file("cpu", "cpu.cfs_period_us")),
+      pids: await readNumber(this.file("pids", "pids.max")),
+    };
+  }
+}
+
+/**
+ * Every cgroup directory directly under a hierarchy whose name starts with `prefix`
+ * (v1: one per controller mount; v2: the unified root). Used by gc and the leak check.
+ */
+export async function cgroupDirsWithPrefix(prefix: string, root = CGROUP_ROOT): Promise<string[]> {
+  const out: string[] = [];
+  const scan = async (dir: string) => {
+    let entries: string[] = [];
+    try {
+      entries = await readdir(dir);
+    } catch {
+      return;
+    }
+    for (const e of entries) if (e.startsWith(prefix)) out.push(path.join(dir, e));
+  };
+  if (cgroupVersion(root) === 2) {
+    await scan(root);
+  } else {
+    let hierarchies: string[] = [];
+    try {
+      hierarchies = await readdir(root);
+    } catch {
+      return out;
+    }
+    for (const h of hierarchies) await scan(path.join(root, h));
+  }
+  return out;
+}
+
+/** Remove an empty cgroup directory (the kernel refuses while a process is inside). */
+export async function removeCgroupDir(dir: string): Promise<boolean> {
+  try {
+    await rmdir(dir);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,182 @@
+/**
+ * buildOciSpec: the one pure function that turns a SandboxSpec into runc's config.json.
+ * Every line here is a security decision; each says why. Nothing in this file does I/O.
+ */
+import type { SandboxSpec } from "../../core/sandbox.js";
+import { buildSeccompProfile, type OciSeccomp } from "./seccomp.js";
+
+/** Where the supervisor binary appears inside the sandbox (read-only bind mount). */
+export const SUPERVISOR_PATH_IN_SANDBOX = "/.corral/supervisor";
+
+export interface OciMount {
+  destination: string;
+  type: string;
+  source: string;
+  options: string[];
+}
+
+export interface OciConfig {
+  ociVersion: string;
+  process: {
+    terminal: false;
+    user: { uid: number; gid: number; additionalGids: number[] };
+    args: string[];
+    env: string[];
+    cwd: string;
+    capabilities: Record<"bounding" | "effective" | "inheritable" | "permitted" | "ambient", string[]>;
+    rlimits: { type: string; hard: number; soft: number }[];
+    noNewPrivileges: true;
+  };
+  root: { path: string; readonly: boolean };
+  hostname: string;
+  mounts: OciMount[];
+  linux: {
+    uidMappings?: { containerID: number; hostID: number; size: number }[];
+    gidMappings?: { containerID: number; hostID: number; size: number }[];
+    namespaces: { type: string }[];
+    cgroupsPath: string;
+    resources: {
+      devices: { allow: boolean; access: string }[];
+      memory: { limit: number; swap?: number; disableOOMKiller: false };
+      cpu: { quota: number; period: number };
+      pids: { limit: number };
+    };
+    seccomp?: OciSeccomp;
+    maskedPaths: string[];
+    readonlyPaths: string[];
+    rootfsPropagation: string;
+  };
+}
+
+/** Paths under /proc and /sys that leak host information or allow host writes: hidden. */
+export const MASKED_PATHS = [
+  "/proc/acpi",
+  "/proc/asound",
+  "/proc/interrupts",
+  "/proc/kcore",
+  "/proc/keys",
+  "/proc/latency_stats",
+  "/proc/sched_debug",
+  "/proc/scsi",
+  "/proc/timer_list",
+  "/proc/timer_stats",
+  "/sys/devices/virtual/powercap",
+  "/sys/firmware",
+] as const;
+
+/** Paths under /proc that stay visible but must never be written. */
+export const READONLY_PATHS = [
+  "/proc/bus",
+  "/proc/fs",
+  "/proc/irq",
+  "/proc/sys",
+  "/proc/sysrq-trigger",
+] as const;
+
+export interface OciSpecInput {
+  spec: SandboxSpec;
+  rootfs: string; // the host path of the sandbox's root (the overlay mount point)
+  supervisorHostPath: string; // the host path of the static supervisor binary
+  cgroupsPath: string; // e.g. /corral-<data tag>-<id>: owned by the data directory
+  /** Whether the host can limit swap (cgroup v1 needs memsw accounting). */
+  swapAccounting: boolean;
+}
+
+export function buildOciSpec(input: OciSpecInput): OciConfig {
+  const { spec } = input;
+  const { limits } = spec;
+  const weaken = spec.testOnly ?? {};
+  const period = 100_000;
+  const env = { ...spec.image.env, HOME: "/root", LANG: "C.UTF-8" };
+
+  const mounts: OciMount[] = [
+    // A /proc of the sandbox's own pid namespace; host-revealing files masked below.
+    { destination: "/proc", type: "proc", source: "proc", options: ["nosuid", "noexec", "nodev"] },
+    // A minimal /dev on tmpfs: runc adds only null, zero, full, random, urandom, tty.
+    {
+      destination: "/dev",
+      type: "tmpfs",
+      source: "tmpfs",
+      options: ["nosuid", "strictatime", "mode=755", "size=65536k"],
+    },
+    {
+      destination: "/dev/pts",
+      type: "devpts",
+      source: "devpts",
+      options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+    },
+    // 64 MiB of POSIX shared memory; counted in the memory cgroup like any tmpfs.
+    {
+      destination: "/dev/shm",
+      type: "tmpfs",
+      source: "shm",
+      options: ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"],
+    },
+    { destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"] },
+    // sysfs of the sandbox's own network namespace, read-only.
+    { destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"] },
+    // The supervisor: read-only, so code inside cannot replace PID 1's program.
+    {
+      destination: SUPERVISOR_PATH_IN_SANDBOX,
+      type: "bind",
+      source: input.supervisorHostPath,
+      options: ["bind", "ro", "nosuid", "nodev"],
+    },
+  ];
+
+  const namespaces = ["pid", "network", "ipc", "uts", "mount", "cgroup"];
+  // The user namespace is mandatory: root inside maps to an unprivileged host range, so a
+  // breakout through the runtime (runc 1.1.5 predates the 2025 /proc fixes) lands as nobody.
+  if (!weaken.dropUserNamespace) namespaces.push("user");
+
+  const config: OciConfig = {
+    ociVersion: "1.0.2",
+    process: {
+      terminal: false,
+      user: { uid: 0, gid: 0, additionalGids: [0] },
+      args: [SUPERVISOR_PATH_IN_SANDBOX],
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      cwd: "/",
+      // No capabilities at all, in any set: root inside can do no more than an ordinary user.
+      capabilities: { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] },
+      rlimits: [
+        { type: "RLIMIT_NOFILE", hard: limits.openFiles, soft: limits.openFiles },
+        { type: "RLIMIT_FSIZE", hard: limits.fileSizeBytes, soft: limits.fileSizeBytes },
+        // No core dumps: they would fill the writable layer and may hold secrets.
+        { type: "RLIMIT_CORE", hard: 0, soft: 0 },
+      ],
+      // setuid binaries and file capabilities in the image grant nothing.
+      noNewPrivileges: true,
+    },
+    root: { path: input.rootfs, readonly: false },
+    hostname: spec.hostname,
+    mounts,
+    linux: {
+      namespaces: namespaces.map((type) => ({ type })),
+      cgroupsPath: input.cgroupsPath,
+      resources: {
+        // Deny every device node except runc's default minimal set.
+        devices: [{ allow: false, access: "rwm" }],
+        // memory+swap equal to memory: no swap, so a balloon is OOM-killed, not swapped out.
+        memory: {
+          limit: limits.memoryBytes,
+          ...(input.swapAccounting ? { swap: limits.memoryBytes } : {}),
+          disableOOMKiller: false,
+        },
+        cpu: { quota: Math.max(1000, Math.round(limits.cpus * period)), period },
+        pids: { limit: limits.pids },
+      },
+      maskedPaths: [...MASKED_PATHS],
+      readonlyPaths: [...READONLY_PATHS],
+      // Mount events never propagate from the sandbox back to the host.
+      rootfsPropagation: "private",
+    },
+  };
+  if (!weaken.dropUserNamespace) {
+    const map = [{ containerID: 0, hostID: spec.ids.base, size: spec.ids.size }];
+    config.linux.uidMappings = map;
+    config.linux.gidMappings = map.map((m) => ({ ...m }));
+  }
+  if (!weaken.dropSeccomp) config.linux.seccomp = buildSeccompProfile();
+  return config;
+}

@@ -1,0 +1,293 @@
+/**
+ * The host side of the supervisor channel: one unix-socket connection to one sandbox's
+ * supervisor, multiplexing control requests (channel 0) and processes (one channel each).
+ */
+import net from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { CorralError } from "../core/errors.js";
+import {
+  decodeError,
+  decodeExit,
+  decodeProbe,
+  Ev,
+  type ExitInfo,
+  encodeFrame,
+  encodeSpawn,
+  encodeWriteFile,
+  type Frame,
+  FrameDecoder,
+  PROTOCOL_VERSION,
+  Req,
+  u32,
+} from "./protocol.js";
+
+export type { ExitInfo } from "./protocol.js";
+
+/** An ERROR event from the supervisor about one request: the errno it carried is kept. */
+export class SupervisorRequestError extends CorralError {
+  readonly errno: number;
+  constructor(errno: number, message: string) {
+    super("runtime_failed", message);
+    this.errno = errno;
+  }
+}
+
+export interface SpawnOptions {
+  argv: readonly string[];
+  env: Readonly<Record<string, string>>;
+  cwd: string;
+  /** Killed by the supervisor (SIGKILL to its process group) after this long; 0 = never. */
+  timeoutMs: number;
+  /** Give the process a stdin pipe (otherwise /dev/null). */
+  stdin?: boolean;
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+}
+
+export interface SpawnHandle {
+  channel: number;
+  /** The pid inside the sandbox, once exec succeeded; rejects if it could not start. */
+  started: Promise<number>;
+  /** Resolves once the process is reaped and its buffered output forwarded. */
+  exited: Promise<ExitInfo>;
+  writeStdin(data: Buffer | string): void;
+  closeStdin(): void;
+  signal(signo: number): void;
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (v: T) => void;
+  reject: (e: Error) => void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (v: T) => void;
+  let reject!: (e: Error) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Callers may await only one of several promises; a rejection nobody awaits must not
+  // crash the process.
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+interface ChannelState {
+  onFrame(frame: Frame): void;
+  fail(err: Error): void;
+}
+
+export class SupervisorClient {
+  private readonly decoder = new FrameDecoder();
+  /** Replies on channel 0 arrive in request order. */
+  private readonly control: Array<{ expect: number; d: Deferred<Frame> }> = [];
+  private readonly channels = new Map<number, ChannelState>();
+  private nextChannel = 1;
+  private closedError: Error | null = null;
+
+  private constructor(private readonly socket: net.Socket) {
+    socket.on("data", (chunk: Buffer) => {
+      let frames: Frame[];
+      try {
+        frames = this.decoder.push(chunk);
+      } catch (err) {
+        this.failAll(new CorralError("supervisor_failed", `supervisor protocol error: ${(err as Error).message}`));
+        socket.destroy();
+        return;
+      }
+      for (const f of frames) this.dispatch(f);
+    });
+    socket.on("error", (err) => this.failAll(new CorralError("supervisor_failed", `supervisor connection failed: ${err.message}`)));
+    socket.on("close", () => this.failAll(new CorralError("supervisor_failed", "the sandbox's supervisor is gone")));
+  }
+
+  /** Connect, retrying while the socket is not there yet or not yet accepting. */
+  static async connect(socketPath: string, opts: { timeoutMs: number }): Promise<SupervisorClient> {
+    const deadline = Date.now() + opts.timeoutMs;
+    for (;;) {
+      try {
+        const socket = await new Promise<net.Socket>((resolve, reject) => {
+          const s = net.createConnection(socketPath);
+          s.once("connect", () => {
+            s.removeListener("error", reject);
+            resolve(s);
+          });
+          s.once("error", reject);
+        });
+        return new SupervisorClient(socket);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if ((code !== "ENOENT" && code !== "ECONNREFUSED") || Date.now() > deadline) {
+          throw new CorralError("supervisor_failed", `cannot reach the sandbox's supervisor at ${socketPath}: ${(err as Error).message}`);
+        }
+        await sleep(5);
+      }
+    }
+  }
+
+  private dispatch(f: Frame): void {
+    if (f.channel === 0) {
+      const waiter = this.control.shift();
+      if (!waiter) return; // unsolicited: ignore
+      if (f.type === Ev.ERROR) {
+        const e = decodeError(f.payload);
+        waiter.d.reject(new SupervisorRequestError(e.errno, `supervisor: ${e.message}`));
+      } else if (f.type !== waiter.expect) {
+        waiter.d.reject(new CorralError("supervisor_failed", `supervisor answered 0x${f.type.toString(16)}, expected 0x${waiter.expect.toString(16)}`));
+      } else {
+        waiter.d.resolve(f);
+      }
+      return;
+    }
+    this.channels.get(f.channel)?.onFrame(f);
+  }
+
+  private failAll(err: Error): void {
+    if (this.closedError) return;
+    this.closedError = err;
+    for (const w of this.control.splice(0)) w.d.reject(err);
+    for (const ch of this.channels.values()) ch.fail(err);
+    this.channels.clear();
+  }
+
+  private send(type: number, channel: number, payload?: Buffer): void {
+    if (this.closedError) throw this.closedError;
+    this.socket.write(encodeFrame(type, channel, payload));
+  }
+
+  private request(type: number, expect: number, payload?: Buffer): Promise<Frame> {
+    const d = deferred<Frame>();
+    if (this.closedError) {
+      d.reject(this.closedError);
+      return d.promise;
+    }
+    this.control.push({ expect, d });
+    this.send(type, 0, payload);
+    return d.promise;
+  }
+
+  private allocChannel(): number {
+    const ch = this.nextChannel;
+    this.nextChannel = this.nextChannel >= 0xfffffff0 ? 1 : this.nextChannel + 1;
+    return ch;
+  }
+
+  /** Version handshake: returns the supervisor's version string. */
+  async hello(): Promise<string> {
+    const f = await this.request(Req.HELLO, Ev.HELLO_OK, u32(PROTOCOL_VERSION));
+    return f.payload.subarray(4).toString("utf8");
+  }
+
+  /** The self-check probe, as key=value pairs seen from inside the sandbox. */
+  async probe(): Promise<Record<string, string>> {
+    return decodeProbe((await this.request(Req.PROBE, Ev.PROBE_REPORT)).payload);
+  }
+
+  /** SIGKILL every process of the sandbox but the supervisor. */
+  async killAll(): Promise<void> {
+    await this.request(Req.KILL_ALL, Ev.OK);
+  }
+
+  /** Kill everything and end the supervisor (and so the container). */
+  shutdown(): void {
+    if (!this.closedError) this.socket.write(encodeFrame(Req.SHUTDOWN, 0));
+  }
+
+  /** Write a file inside the sandbox (parents created, symlinks never followed). */
+  writeFile(file: string, data: Buffer, mode = 0o644): Promise<void> {
+    const channel = this.allocChannel();
+    const d = deferred<void>();
+    const payload = encodeWriteFile(file, data, mode);
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        this.channels.delete(channel);
+        if (f.type === Ev.OK) d.resolve();
+        else if (f.type === Ev.ERROR) {
+          const e = decodeError(f.payload);
+          d.reject(new SupervisorRequestError(e.errno, `cannot write ${file} in the sandbox: ${e.message}`));
+        } else d.reject(new CorralError("supervisor_failed", `unexpected answer 0x${f.type.toString(16)} to WRITE_FILE`));
+      },
+      fail: (err) => d.reject(err),
+    });
+    try {
+      this.send(Req.WRITE_FILE, channel, payload);
+    } catch (err) {
+      this.channels.delete(channel);
+      d.reject(err as Error);
+    }
+    return d.promise;
+  }
+
+  spawn(opts: SpawnOptions): SpawnHandle {
+    const channel = this.allocChannel();
+    const started = deferred<number>();
+    const exited = deferred<ExitInfo>();
+    let isStarted = false;
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        switch (f.type) {
+          case Ev.STARTED:
+            isStarted = true;
+            started.resolve(f.payload.readUInt32BE(0));
+            break;
+          case Ev.STDOUT:
+            opts.onStdout?.(f.payload);
+            break;
+          case Ev.STDERR:
+            opts.onStderr?.(f.payload);
+            break;
+          case Ev.EXIT:
+            this.channels.delete(channel);
+            exited.resolve(decodeExit(f.payload));
+            break;
+          case Ev.ERROR: {
+            const e = decodeError(f.payload);
+            const err = new SupervisorRequestError(e.errno, e.message);
+            if (!isStarted) {
+              this.channels.delete(channel);
+              started.reject(err);
+              exited.reject(err);
+            }
+            break;
+          }
+          default:
+            break;
+        }
+      },
+      fail: (err) => {
+        started.reject(err);
+        exited.reject(err);
+      },
+    });
+    try {
+      this.send(
+        Req.SPAWN,
+        channel,
+        encodeSpawn({ argv: opts.argv, env: opts.env, cwd: opts.cwd, timeoutMs: opts.timeoutMs, stdinPipe: opts.stdin === true }),
+      );
+    } catch (err) {
+      this.channels.delete(channel);
+      started.reject(err as Error);
+      exited.reject(err as Error);
+    }
+    return {
+      channel,
+      started: started.promise,
+      exited: exited.promise,
+      writeStdin: (data) => {
+        const buf = typeof data === "string" ? Buffer.from(data) : data;
+        for (let off = 0; off < buf.length; off += 1 << 20) {
+          this.send(Req.STDIN, channel, buf.subarray(off, off + (1 << 20)));
+        }
+      },
+      closeStdin: () => this.send(Req.STDIN_CLOSE, channel),
+      signal: (signo) => this.send(Req.SIGNAL, channel, u32(signo)),
+    };
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}

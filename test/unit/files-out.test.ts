@@ -1,0 +1,72 @@
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync, readdirSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { collectChangedFiles, isSafeRelativePath } from "../../src/sandbox/files-out.js";
+
+const dirs: string[] = [];
+function tmp(): string {
+  const d = mkdtempSync(path.join(os.tmpdir(), "corral-files-"));
+  dirs.push(d);
+  return d;
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+describe("isSafeRelativePath", () => {
+  it.each([
+    ["a.txt", true],
+    ["dir/ü.txt", true],
+    ["../x", false],
+    ["a/../../x", false],
+    ["/etc/passwd", false],
+    ["a//b", false],
+    ["./a", false],
+    ["a\0b", false],
+    ["", false],
+  ])("%j → %s", (p, ok) => expect(isSafeRelativePath(p)).toBe(ok));
+});
+
+describe("collectChangedFiles", () => {
+  it("copies regular files only, never following links, skipping FIFOs and big files", async () => {
+    const upper = tmp();
+    const out = tmp();
+    const secret = path.join(tmp(), "host-secret");
+    writeFileSync(secret, "host secret");
+    mkdirSync(path.join(upper, "sub"));
+    writeFileSync(path.join(upper, "a.txt"), "hello");
+    writeFileSync(path.join(upper, "sub", "b.bin"), Buffer.alloc(10, 1));
+    writeFileSync(path.join(upper, "big"), Buffer.alloc(2000));
+    symlinkSync(secret, path.join(upper, "link-to-host"));
+    symlinkSync("/", path.join(upper, "root"));
+    execFileSync("mkfifo", [path.join(upper, "pipe")]);
+    const files = await collectChangedFiles(upper, { outDir: out, fileCapBytes: 1000 });
+    expect(files.map((f) => [f.path, f.copied, f.skipped ?? null])).toEqual([
+      ["a.txt", true, null],
+      ["big", false, "too_large"],
+      ["sub/b.bin", true, null],
+    ]);
+    expect(readFileSync(path.join(out, "a.txt"), "utf8")).toBe("hello");
+    expect(readdirSync(out).sort()).toEqual(["a.txt", "sub"]);
+    expect(existsSync(path.join(out, "link-to-host"))).toBe(false);
+  });
+
+  it("refuses to write through a symlink planted in the destination", async () => {
+    const upper = tmp();
+    const out = tmp();
+    const victim = path.join(tmp(), "victim");
+    writeFileSync(victim, "untouched");
+    writeFileSync(path.join(upper, "x"), "payload");
+    symlinkSync(victim, path.join(out, "x"));
+    await expect(collectChangedFiles(upper, { outDir: out })).rejects.toThrow();
+    expect(readFileSync(victim, "utf8")).toBe("untouched");
+  });
+
+  it("takes nothing when /work itself was replaced by a link", async () => {
+    const root = tmp();
+    symlinkSync("/etc", path.join(root, "work"));
+    expect(await collectChangedFiles(path.join(root, "work"))).toEqual([]);
+  });
+});
