@@ -14,7 +14,10 @@ const { version } = JSON.parse(readFileSync(path.join(root, "package.json"), "ut
 // Skip when the binary is newer than its source and package.json (npm ci, then npm test).
 try {
   const built = statSync(out).mtimeMs;
-  if (built > statSync(source).mtimeMs && built > statSync(path.join(root, "package.json")).mtimeMs) {
+  if (
+    built > statSync(source).mtimeMs &&
+    built > statSync(path.join(root, "package.json")).mtimeMs
+  ) {
     process.exit(0);
   }
 } catch {
@@ -27,11 +30,25 @@ const cc = process.env.CC ?? "gcc";
 try {
   execFileSync(
     cc,
-    ["-std=c11", "-static", "-O2", "-Wall", "-Wextra", "-Werror", `-DCORRAL_VERSION="${version}"`, "-o", tmp, source],
+    [
+      "-std=c11",
+      "-static",
+      "-O2",
+      "-Wall",
+      "-Wextra",
+      "-Werror",
+      `-DCORRAL_VERSION="${version}"`,
+      "-o",
+      tmp,
+      source,
+    ],
     { stdio: "inherit" },
   );
 } catch (err) {
-  const reason = err.code === "ENOENT" ? `${cc} is not installed (apt-get install gcc libc6-dev)` : "compilation failed";
+  const reason =
+    err.code === "ENOENT"
+      ? `${cc} is not installed (apt-get install gcc libc6-dev)`
+      : "compilation failed";
   console.error(`build-supervisor: ${reason}`);
   process.exit(1);
 }

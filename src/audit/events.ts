@@ -97,7 +97,10 @@ export class EventLog {
       .all({ sandbox: filter.sandbox, limit: filter.limit }) as (Omit<StoredEvent, "details"> & {
       details: string;
     })[];
-    const events = rows.map((r) => ({ ...r, details: JSON.parse(r.details) as Record<string, unknown> }));
+    const events = rows.map((r) => ({
+      ...r,
+      details: JSON.parse(r.details) as Record<string, unknown>,
+    }));
     return filter.limit ? events.reverse() : events;
   }
 

@@ -32,7 +32,10 @@ export interface ConfigFlags {
   runtime?: string;
 }
 
-export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = process.env): CorralConfig {
+export function loadConfig(
+  flags: ConfigFlags = {},
+  env: NodeJS.ProcessEnv = process.env,
+): CorralConfig {
   const base = env.CORRAL_UID_BASE ? Number(env.CORRAL_UID_BASE) : DEFAULT_UID_BASE;
   return {
     dataDir: path.resolve(flags.dataDir ?? env.CORRAL_DATA_DIR ?? DEFAULT_DATA_DIR),

@@ -12,8 +12,16 @@ const EXTENSIONS: Record<Language, string> = { python: "py", r: "R", shell: "sh"
 
 export function parseLanguage(text: string): Language {
   const lower = text.toLowerCase();
-  const aliases: Record<string, Language> = { py: "python", python3: "python", sh: "shell", bash: "shell", sqlite: "sql" };
-  const lang = (LANGUAGES as readonly string[]).includes(lower) ? (lower as Language) : aliases[lower];
+  const aliases: Record<string, Language> = {
+    py: "python",
+    python3: "python",
+    sh: "shell",
+    bash: "shell",
+    sqlite: "sql",
+  };
+  const lang = (LANGUAGES as readonly string[]).includes(lower)
+    ? (lower as Language)
+    : aliases[lower];
   if (!lang) {
     throw new CorralError(
       "invalid_argument",

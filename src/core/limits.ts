@@ -73,7 +73,13 @@ export function parseSize(text: string, what: string): number {
   return Math.floor(Number(m[1]) * unit);
 }
 
-const DURATION_UNITS: Record<string, number> = { "": 1000, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS: Record<string, number> = {
+  "": 1000,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+};
 
 /** "30s", "500ms", "2m", "30" (seconds) → milliseconds. */
 export function parseDuration(text: string, what: string): number {
@@ -96,7 +102,10 @@ export function parseCount(text: string, what: string): number {
 
 export function parseCpus(text: string): number {
   if (!/^\s*\d+(\.\d+)?\s*$/.test(text)) {
-    throw new CorralError("invalid_argument", `invalid cpus "${text}": expected a number such as 1 or 0.5`);
+    throw new CorralError(
+      "invalid_argument",
+      `invalid cpus "${text}": expected a number such as 1 or 0.5`,
+    );
   }
   return Number(text);
 }
@@ -126,20 +135,39 @@ export function limitsFromFlags(flags: LimitFlags, base: Limits = DEFAULT_LIMITS
     if (flags.fileSize === undefined) limits.fileSizeBytes = limits.diskBytes;
   }
   if (flags.inodes !== undefined) limits.inodes = parseCount(flags.inodes, "inode limit");
-  if (flags.openFiles !== undefined) limits.openFiles = parseCount(flags.openFiles, "open files limit");
-  if (flags.fileSize !== undefined) limits.fileSizeBytes = parseSize(flags.fileSize, "file size limit");
+  if (flags.openFiles !== undefined)
+    limits.openFiles = parseCount(flags.openFiles, "open files limit");
+  if (flags.fileSize !== undefined)
+    limits.fileSizeBytes = parseSize(flags.fileSize, "file size limit");
   if (flags.timeout !== undefined) limits.timeoutMs = parseDuration(flags.timeout, "timeout");
-  if (flags.outputCap !== undefined) limits.outputCapBytes = parseSize(flags.outputCap, "output cap");
+  if (flags.outputCap !== undefined)
+    limits.outputCapBytes = parseSize(flags.outputCap, "output cap");
   return checkLimits(limits);
 }
 
+/** How each limit is named in messages: the words a user typed it as. */
+const LIMIT_NAMES: Record<keyof Limits, string> = {
+  memoryBytes: "memory limit (--mem)",
+  cpus: "cpu limit (--cpus)",
+  pids: "pids limit (--pids)",
+  diskBytes: "disk limit (--disk)",
+  inodes: "inode limit (--inodes)",
+  openFiles: "open files limit (--open-files)",
+  fileSizeBytes: "file size limit (--file-size)",
+  timeoutMs: "timeout in ms (--timeout)",
+  outputCapBytes: "output cap in bytes (--output-cap)",
+};
+
 export function checkLimits(limits: Limits): Limits {
-  for (const [key, [lo, hi]] of Object.entries(BOUNDS) as [keyof Limits, readonly [number, number]][]) {
+  for (const [key, [lo, hi]] of Object.entries(BOUNDS) as [
+    keyof Limits,
+    readonly [number, number],
+  ][]) {
     const v = limits[key];
     if (!Number.isFinite(v) || v < lo || v > hi) {
       throw new CorralError(
         "invalid_argument",
-        `limit ${key} = ${v} is out of range [${lo}, ${hi}]`,
+        `${LIMIT_NAMES[key]} ${v} is out of range [${lo}, ${hi}]`,
       );
     }
   }

@@ -67,7 +67,8 @@ async function takeFile(
   cap: number,
   outDir: string | undefined,
 ): Promise<ChangedFile> {
-  if (!isSafeRelativePath(rel)) return { path: rel, size: 0, copied: false, skipped: "unsafe_name" };
+  if (!isSafeRelativePath(rel))
+    return { path: rel, size: 0, copied: false, skipped: "unsafe_name" };
   // O_NOFOLLOW + fstat: the file we read is the regular file we listed, not a swapped-in link.
   const src = await open(path.join(upperWork, rel), constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
@@ -90,7 +91,10 @@ async function takeFile(
         );
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "ELOOP") throw err;
-        throw new CorralError("invalid_argument", `refusing to write ${dest}: it is a symbolic link`);
+        throw new CorralError(
+          "invalid_argument",
+          `refusing to write ${dest}: it is a symbolic link`,
+        );
       }
     }
     try {
@@ -122,7 +126,10 @@ async function mkdirNoFollow(outDir: string, relDir: string): Promise<void> {
     try {
       const st = await lstat(current);
       if (!st.isDirectory()) {
-        throw new CorralError("invalid_argument", `output path ${current} exists and is not a directory`);
+        throw new CorralError(
+          "invalid_argument",
+          `output path ${current} exists and is not a directory`,
+        );
       }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;

@@ -24,7 +24,15 @@ export interface GcReport {
 }
 
 export function emptyGcReport(): GcReport {
-  return { sandboxes: [], containers: [], mounts: [], loopDevices: [], cgroups: [], directories: [], errors: [] };
+  return {
+    sandboxes: [],
+    containers: [],
+    mounts: [],
+    loopDevices: [],
+    cgroups: [],
+    directories: [],
+    errors: [],
+  };
 }
 
 const ID_PATTERN = /^sb-[0-9a-f]{12}$/;
@@ -34,7 +42,10 @@ export async function findSandboxTraces(host: Host): Promise<Map<string, GcRepor
   const traces = new Map<string, GcReport>();
   const of = (id: string) => {
     let r = traces.get(id);
-    if (!r) traces.set(id, (r = emptyGcReport()));
+    if (!r) {
+      r = emptyGcReport();
+      traces.set(id, r);
+    }
     return r;
   };
   let dirs: string[] = [];
@@ -43,8 +54,10 @@ export async function findSandboxTraces(host: Host): Promise<Map<string, GcRepor
   } catch {
     // no sandboxes dir yet
   }
-  for (const d of dirs) if (ID_PATTERN.test(d)) of(d).directories.push(path.join(host.sandboxesDir, d));
-  for (const c of await host.runtime.list()) if (ID_PATTERN.test(c.id)) of(c.id).containers.push(c.id);
+  for (const d of dirs)
+    if (ID_PATTERN.test(d)) of(d).directories.push(path.join(host.sandboxesDir, d));
+  for (const c of await host.runtime.list())
+    if (ID_PATTERN.test(c.id)) of(c.id).containers.push(c.id);
   const cgPrefix = cgroupNameFor(host.tag, "");
   for (const dir of await cgroupDirsWithPrefix(cgPrefix)) {
     const id = path.basename(dir).slice(cgPrefix.length);
@@ -69,7 +82,13 @@ export async function collectGarbage(host: Host, options: { dryRun: boolean }): 
     if (!release) continue; // a live owner: not garbage
     try {
       report.sandboxes.push(id);
-      for (const key of ["containers", "mounts", "loopDevices", "cgroups", "directories"] as const) {
+      for (const key of [
+        "containers",
+        "mounts",
+        "loopDevices",
+        "cgroups",
+        "directories",
+      ] as const) {
         report[key].push(...trace[key]);
       }
       if (!options.dryRun) {

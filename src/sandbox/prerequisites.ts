@@ -53,7 +53,11 @@ export async function userNamespacesAvailable(): Promise<boolean> {
 
 export async function checkHostPrerequisites(config: CorralConfig, limits?: Limits): Promise<void> {
   if (process.getuid?.() !== 0) {
-    throw new CorralError("prerequisite_missing", "corral must run as root (it mounts layers and drives runc)", "run it with sudo");
+    throw new CorralError(
+      "prerequisite_missing",
+      "corral must run as root (it mounts layers and drives runc)",
+      "run it with sudo",
+    );
   }
   if (!(await findOnPath(config.runtime))) {
     throw new CorralError(

@@ -51,8 +51,33 @@ export interface RunResult {
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
+/**
+ * How many bytes at the end of `b` are the start of a UTF-8 sequence that the cap cut
+ * off (0 when `b` ends on a character boundary). Only a lead byte followed by fewer
+ * continuation bytes than it announces counts: invalid bytes are left for the caller.
+ */
+export function incompleteUtf8Tail(b: Buffer): number {
+  for (let back = 1; back <= Math.min(3, b.length); back++) {
+    const byte = b[b.length - back]!;
+    if ((byte & 0xc0) === 0x80) continue; // a continuation byte: look further back
+    const need =
+      byte >= 0xc2 && byte <= 0xdf
+        ? 2
+        : byte >= 0xe0 && byte <= 0xef
+          ? 3
+          : byte >= 0xf0 && byte <= 0xf4
+            ? 4
+            : 1;
+    return need > back ? back : 0;
+  }
+  return 0;
+}
+
 export function streamResult(bytes: Buffer, total: number): StreamResult {
   const out: StreamResult = { text: "", bytes: total, truncated: total > bytes.length };
+  // The cap counts bytes, so it may cut a character in two: drop the cut-off head of that
+  // character rather than turn it into U+FFFD (the byte count still says what was sent).
+  if (out.truncated) bytes = bytes.subarray(0, bytes.length - incompleteUtf8Tail(bytes));
   try {
     out.text = strictUtf8.decode(bytes);
   } catch {
@@ -86,7 +111,9 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
     // Files are taken only after every process in the sandbox is gone.
     await sandbox.stop();
     const unchangedInputs = new Set(
-      (req.inputs ?? []).map((i) => `${i.path}\0${createHash("sha256").update(i.data).digest("hex")}`),
+      (req.inputs ?? []).map(
+        (i) => `${i.path}\0${createHash("sha256").update(i.data).digest("hex")}`,
+      ),
     );
     const files = (
       await collectChangedFiles(sandbox.upperPath("work"), {

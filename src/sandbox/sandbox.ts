@@ -4,11 +4,11 @@
  * the owning process dies first (the owner lock says whether it did).
  */
 import { randomBytes } from "node:crypto";
-import { readFile, readlink, rm, writeFile, mkdir } from "node:fs/promises";
+import { mkdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { acquireLock, type Release } from "../core/lock.js";
-import { CorralError, asCorralError } from "../core/errors.js";
+import { asCorralError, CorralError } from "../core/errors.js";
 import type { Limits } from "../core/limits.js";
+import { acquireLock, type Release } from "../core/lock.js";
 import { processStartTime } from "../core/proc.js";
 import {
   chooseLayerKind,
@@ -17,12 +17,17 @@ import {
   type SandboxSpec,
   type TestOnlyWeakening,
 } from "../core/sandbox.js";
-import { SupervisorClient, type ExitInfo } from "../supervisor/client.js";
+import { type ExitInfo, SupervisorClient } from "../supervisor/client.js";
 import type { Host } from "./host.js";
-import { CgroupReader, type CgroupUsage, cgroupDirsWithPrefix, removeCgroupDir } from "./runtime/cgroups.js";
+import {
+  CgroupReader,
+  type CgroupUsage,
+  cgroupDirsWithPrefix,
+  removeCgroupDir,
+} from "./runtime/cgroups.js";
 import { mountLayer, unmountLayer } from "./runtime/layer.js";
 import { buildOciSpec } from "./runtime/oci-spec.js";
-import { NAMESPACES, decideSelfCheck, type SelfCheckDecision } from "./self-check.js";
+import { decideSelfCheck, NAMESPACES, type SelfCheckDecision } from "./self-check.js";
 
 export function newSandboxId(): string {
   return `sb-${randomBytes(6).toString("hex")}`;
@@ -108,7 +113,6 @@ export class Sandbox {
   private client: SupervisorClient | null = null;
   private stopped = false;
   private destroyed = false;
-  private channelsSeen = 0;
   selfCheck: SelfCheckDecision | null = null;
 
   private constructor(
@@ -225,7 +229,9 @@ export class Sandbox {
       principal: this.host.config.principal,
       sandbox: this.id,
       kind: "sandbox.self_check",
-      details: decision.ok ? { checks: decision.checks.length } : { failed: decision.failed, detail: decision.detail },
+      details: decision.ok
+        ? { checks: decision.checks.length }
+        : { failed: decision.failed, detail: decision.detail },
       outcome: decision.ok ? "ok" : "denied",
     });
     if (!decision.ok && !this.spec.testOnly?.ignoreSelfCheck) {
@@ -238,12 +244,17 @@ export class Sandbox {
   }
 
   private requireClient(): SupervisorClient {
-    if (!this.client || this.stopped) throw new CorralError("internal", `sandbox ${this.id} is not running`);
+    if (!this.client || this.stopped)
+      throw new CorralError("internal", `sandbox ${this.id} is not running`);
     return this.client;
   }
 
   async writeFile(file: string, data: Buffer | string, mode = 0o644): Promise<void> {
-    await this.requireClient().writeFile(file, typeof data === "string" ? Buffer.from(data) : data, mode);
+    await this.requireClient().writeFile(
+      file,
+      typeof data === "string" ? Buffer.from(data) : data,
+      mode,
+    );
   }
 
   /** Run one program to completion, streaming its output under the cap. */
@@ -253,7 +264,6 @@ export class Sandbox {
     const stderr = new CappedOutput(req.outputCapBytes);
     const before = await this.cgroup.usage();
     const started = performance.now();
-    this.channelsSeen++;
     const env = { ...this.spec.image.env, HOME: "/root", LANG: "C.UTF-8", ...req.env };
     const handle = client.spawn({
       argv: req.argv,
@@ -277,14 +287,13 @@ export class Sandbox {
       void this.host.runtime.kill(this.id);
     }, req.timeoutMs + 3000);
     let exit: ExitInfo | null = null;
-    let supervisorLost: CorralError | null = null;
     try {
       await handle.started;
       exit = await handle.exited;
     } catch (err) {
+      // A lost supervisor is reported below as sandbox_killed; anything else is an error.
       const e = asCorralError(err);
       if (e.code !== "supervisor_failed") throw e;
-      supervisorLost = e;
     } finally {
       clearTimeout(backstop);
     }
@@ -306,7 +315,6 @@ export class Sandbox {
         usage: diffUsage(before, usage),
       };
     }
-    void supervisorLost;
     return {
       exit,
       exitCode: exit.how === "exited" ? exit.code : 128 + exit.code,

@@ -59,12 +59,20 @@ export function decideSelfCheck(input: SelfCheckInput): SelfCheckDecision {
     `mode ${r.seccomp ?? "?"}, filters ${r.seccomp_filters ?? "?"}`,
   );
   for (const set of ["eff", "prm", "inh", "bnd", "amb"]) {
-    check(`capabilities.${set}`, isZeroHex(r[`cap.${set}`]), `cap.${set}=${r[`cap.${set}`] ?? "?"}`);
+    check(
+      `capabilities.${set}`,
+      isZeroHex(r[`cap.${set}`]),
+      `cap.${set}=${r[`cap.${set}`] ?? "?"}`,
+    );
   }
   check("no_new_privs", r.no_new_privs === "1", `NoNewPrivs=${r.no_new_privs ?? "?"}`);
   check("not_dumpable", r.dumpable === "0", `dumpable=${r.dumpable ?? "?"}`);
   const nofile = `${input.limits.openFiles}/${input.limits.openFiles}`;
-  check("rlimit.nofile", r["rlimit.nofile"] === nofile, `${r["rlimit.nofile"] ?? "?"} (want ${nofile})`);
+  check(
+    "rlimit.nofile",
+    r["rlimit.nofile"] === nofile,
+    `${r["rlimit.nofile"] ?? "?"} (want ${nofile})`,
+  );
   const fsize = `${input.limits.fileSizeBytes}/${input.limits.fileSizeBytes}`;
   check("rlimit.fsize", r["rlimit.fsize"] === fsize, `${r["rlimit.fsize"] ?? "?"} (want ${fsize})`);
 
@@ -80,7 +88,11 @@ export function decideSelfCheck(input: SelfCheckInput): SelfCheckDecision {
     cg.cpuQuotaUs === wantQuota && cg.cpuPeriodUs === 100_000,
     `${cg.cpuQuotaUs ?? "?"}/${cg.cpuPeriodUs ?? "?"} (want ${wantQuota}/100000)`,
   );
-  check("cgroup.pids", cg.pids === input.limits.pids, `${cg.pids ?? "?"} (want ${input.limits.pids})`);
+  check(
+    "cgroup.pids",
+    cg.pids === input.limits.pids,
+    `${cg.pids ?? "?"} (want ${input.limits.pids})`,
+  );
 
   const failed = checks.find((c) => !c.ok);
   return failed

@@ -93,14 +93,25 @@ export class SupervisorClient {
       try {
         frames = this.decoder.push(chunk);
       } catch (err) {
-        this.failAll(new CorralError("supervisor_failed", `supervisor protocol error: ${(err as Error).message}`));
+        this.failAll(
+          new CorralError(
+            "supervisor_failed",
+            `supervisor protocol error: ${(err as Error).message}`,
+          ),
+        );
         socket.destroy();
         return;
       }
       for (const f of frames) this.dispatch(f);
     });
-    socket.on("error", (err) => this.failAll(new CorralError("supervisor_failed", `supervisor connection failed: ${err.message}`)));
-    socket.on("close", () => this.failAll(new CorralError("supervisor_failed", "the sandbox's supervisor is gone")));
+    socket.on("error", (err) =>
+      this.failAll(
+        new CorralError("supervisor_failed", `supervisor connection failed: ${err.message}`),
+      ),
+    );
+    socket.on("close", () =>
+      this.failAll(new CorralError("supervisor_failed", "the sandbox's supervisor is gone")),
+    );
   }
 
   /** Connect, retrying while the socket is not there yet or not yet accepting. */
@@ -120,7 +131,10 @@ export class SupervisorClient {
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if ((code !== "ENOENT" && code !== "ECONNREFUSED") || Date.now() > deadline) {
-          throw new CorralError("supervisor_failed", `cannot reach the sandbox's supervisor at ${socketPath}: ${(err as Error).message}`);
+          throw new CorralError(
+            "supervisor_failed",
+            `cannot reach the sandbox's supervisor at ${socketPath}: ${(err as Error).message}`,
+          );
         }
         await sleep(5);
       }
@@ -135,7 +149,12 @@ export class SupervisorClient {
         const e = decodeError(f.payload);
         waiter.d.reject(new SupervisorRequestError(e.errno, `supervisor: ${e.message}`));
       } else if (f.type !== waiter.expect) {
-        waiter.d.reject(new CorralError("supervisor_failed", `supervisor answered 0x${f.type.toString(16)}, expected 0x${waiter.expect.toString(16)}`));
+        waiter.d.reject(
+          new CorralError(
+            "supervisor_failed",
+            `supervisor answered 0x${f.type.toString(16)}, expected 0x${waiter.expect.toString(16)}`,
+          ),
+        );
       } else {
         waiter.d.resolve(f);
       }
@@ -206,8 +225,19 @@ export class SupervisorClient {
         if (f.type === Ev.OK) d.resolve();
         else if (f.type === Ev.ERROR) {
           const e = decodeError(f.payload);
-          d.reject(new SupervisorRequestError(e.errno, `cannot write ${file} in the sandbox: ${e.message}`));
-        } else d.reject(new CorralError("supervisor_failed", `unexpected answer 0x${f.type.toString(16)} to WRITE_FILE`));
+          d.reject(
+            new SupervisorRequestError(
+              e.errno,
+              `cannot write ${file} in the sandbox: ${e.message}`,
+            ),
+          );
+        } else
+          d.reject(
+            new CorralError(
+              "supervisor_failed",
+              `unexpected answer 0x${f.type.toString(16)} to WRITE_FILE`,
+            ),
+          );
       },
       fail: (err) => d.reject(err),
     });
@@ -265,7 +295,13 @@ export class SupervisorClient {
       this.send(
         Req.SPAWN,
         channel,
-        encodeSpawn({ argv: opts.argv, env: opts.env, cwd: opts.cwd, timeoutMs: opts.timeoutMs, stdinPipe: opts.stdin === true }),
+        encodeSpawn({
+          argv: opts.argv,
+          env: opts.env,
+          cwd: opts.cwd,
+          timeoutMs: opts.timeoutMs,
+          stdinPipe: opts.stdin === true,
+        }),
       );
     } catch (err) {
       this.channels.delete(channel);

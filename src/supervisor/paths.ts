@@ -1,12 +1,9 @@
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-
-/** The package root: this file is compiled to <root>/dist/src/supervisor/paths.js. */
-export function packageRoot(): string {
-  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
-}
+import { packageRoot } from "../core/package-root.js";
 
 /** The static supervisor binary that `npm run build` compiles (scripts/build-supervisor.mjs). */
 export function supervisorBinaryPath(): string {
-  return process.env.CORRAL_SUPERVISOR ?? path.join(packageRoot(), "dist/supervisor/corral-supervisor");
+  return (
+    process.env.CORRAL_SUPERVISOR ?? path.join(packageRoot(), "dist/supervisor/corral-supervisor")
+  );
 }

@@ -40,8 +40,13 @@ export interface Frame {
   payload: Buffer;
 }
 
-export function encodeFrame(type: number, channel: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  if (payload.length > MAX_PAYLOAD) throw new RangeError(`frame payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
+export function encodeFrame(
+  type: number,
+  channel: number,
+  payload: Buffer = Buffer.alloc(0),
+): Buffer {
+  if (payload.length > MAX_PAYLOAD)
+    throw new RangeError(`frame payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
   const header = Buffer.alloc(HEADER_SIZE);
   header.writeUInt32BE(payload.length, 0);
   header.writeUInt8(type, 4);
@@ -70,7 +75,8 @@ export interface SpawnPayload {
 
 export function encodeSpawn(req: SpawnPayload): Buffer {
   const env = Object.entries(req.env).map(([k, v]) => {
-    if (k.length === 0 || k.includes("=")) throw new RangeError(`invalid environment variable name: ${JSON.stringify(k)}`);
+    if (k.length === 0 || k.includes("="))
+      throw new RangeError(`invalid environment variable name: ${JSON.stringify(k)}`);
     return `${k}=${v}`;
   });
   if (req.argv.length === 0 || req.argv.length > 0xffff || env.length > 0xffff) {
@@ -86,7 +92,8 @@ export function encodeSpawn(req: SpawnPayload): Buffer {
 
 export function encodeWriteFile(file: string, data: Buffer, mode: number): Buffer {
   const name = Buffer.from(file, "utf8");
-  if (name.length === 0 || name.length > 4095 || name.includes(0)) throw new RangeError(`invalid path: ${file}`);
+  if (name.length === 0 || name.length > 4095 || name.includes(0))
+    throw new RangeError(`invalid path: ${file}`);
   const head = Buffer.alloc(6);
   head.writeUInt32BE(mode, 0);
   head.writeUInt16BE(name.length, 4);

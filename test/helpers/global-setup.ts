@@ -4,7 +4,7 @@
  * directories, and at the end asserts that nothing leaked.
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, chmodSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync } from "node:fs";
 import path from "node:path";
 import type { TestProject } from "vitest/node";
 import { findLeaks } from "./leaks.js";

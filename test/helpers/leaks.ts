@@ -6,7 +6,7 @@
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
-import { DEFAULT_UID_BASE, ID_RANGE_SIZE, dataTag } from "../../src/core/config.js";
+import { DEFAULT_UID_BASE, dataTag, ID_RANGE_SIZE } from "../../src/core/config.js";
 import { cgroupDirsWithPrefix } from "../../src/sandbox/runtime/cgroups.js";
 import { loopDevicesUnder, mountsUnder } from "../../src/sandbox/runtime/mounts.js";
 
@@ -44,7 +44,9 @@ export async function findLeaks(testRoot: string): Promise<string[]> {
   for (const dataDir of dataDirsUnder(testRoot)) {
     const runcRoot = path.join(dataDir, "runc");
     try {
-      const out = execFileSync("runc", ["--root", runcRoot, "list", "-q"], { encoding: "utf8" }).trim();
+      const out = execFileSync("runc", ["--root", runcRoot, "list", "-q"], {
+        encoding: "utf8",
+      }).trim();
       if (out) leaks.push(`containers in ${runcRoot}: ${out.split("\n").join(", ")}`);
     } catch {
       // no runc root: nothing started there
@@ -58,13 +60,15 @@ export async function findLeaks(testRoot: string): Promise<string[]> {
         { encoding: "utf8" },
       );
       const report = JSON.parse(gc) as Record<string, unknown[]>;
-      for (const [k, v] of Object.entries(report)) if (v.length > 0) leaks.push(`gc finds ${k}: ${v.join(", ")}`);
+      for (const [k, v] of Object.entries(report))
+        if (v.length > 0) leaks.push(`gc finds ${k}: ${v.join(", ")}`);
     } catch (err) {
       leaks.push(`gc --dry-run failed in ${dataDir}: ${(err as Error).message.split("\n")[0]}`);
     }
   }
   for (const m of await mountsUnder(testRoot)) leaks.push(`mount ${m}`);
-  for (const l of await loopDevicesUnder(testRoot)) leaks.push(`loop device ${l.name} (${l.backFile})`);
+  for (const l of await loopDevicesUnder(testRoot))
+    leaks.push(`loop device ${l.name} (${l.backFile})`);
   leaks.push(...processesInSandboxRange());
   return leaks;
 }

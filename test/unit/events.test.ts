@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { EventLog, GENESIS_HASH, canonicalJson } from "../../src/audit/events.js";
+import { canonicalJson, EventLog, GENESIS_HASH } from "../../src/audit/events.js";
 import { openDb } from "../../src/store/db.js";
 
 const dirs: string[] = [];
@@ -25,8 +25,20 @@ describe("events", () => {
 
   it("appends a hash chain that verifies, and detects tampering", () => {
     const { log } = freshLog();
-    const a = log.emit({ principal: "local:0", sandbox: "sb-1", kind: "sandbox.create", details: { x: 1 }, outcome: "ok" });
-    const b = log.emit({ principal: "local:0", sandbox: "sb-1", kind: "exec", details: { exitCode: 0 }, outcome: "ok" });
+    const a = log.emit({
+      principal: "local:0",
+      sandbox: "sb-1",
+      kind: "sandbox.create",
+      details: { x: 1 },
+      outcome: "ok",
+    });
+    const b = log.emit({
+      principal: "local:0",
+      sandbox: "sb-1",
+      kind: "exec",
+      details: { exitCode: 0 },
+      outcome: "ok",
+    });
     expect(a.prevHash).toBe(GENESIS_HASH);
     expect(b.prevHash).toBe(a.hash);
     expect(b.seq).toBe(a.seq + 1);
@@ -39,7 +51,13 @@ describe("events", () => {
     const { log, file } = freshLog();
     const other = new EventLog(openDb(file));
     for (let i = 0; i < 50; i++) {
-      (i % 2 ? log : other).emit({ principal: "local:0", sandbox: null, kind: "exec", details: { i }, outcome: "ok" });
+      (i % 2 ? log : other).emit({
+        principal: "local:0",
+        sandbox: null,
+        kind: "exec",
+        details: { i },
+        outcome: "ok",
+      });
     }
     expect(log.list()).toHaveLength(50);
     expect(log.verify()).toBeNull();

@@ -1,6 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { CorralError } from "../../src/core/errors.js";
-import { DEFAULT_LIMITS, GiB, MiB, limitsFromFlags, parseDuration, parseSize } from "../../src/core/limits.js";
+import {
+  DEFAULT_LIMITS,
+  GiB,
+  limitsFromFlags,
+  MiB,
+  parseDuration,
+  parseSize,
+} from "../../src/core/limits.js";
 
 describe("limits", () => {
   it.each([
@@ -15,7 +22,10 @@ describe("limits", () => {
 
   it.each(["lots", "", "-1m", "1x", "1 g b"])("rejects size %j with a one-line message", (text) => {
     expect(() => parseSize(text, "memory limit")).toThrowError(
-      new CorralError("invalid_argument", `invalid memory limit "${text}": expected a size such as 512m, 1g or 100000`),
+      new CorralError(
+        "invalid_argument",
+        `invalid memory limit "${text}": expected a size such as 512m, 1g or 100000`,
+      ),
     );
   });
 
@@ -49,11 +59,11 @@ describe("limits", () => {
   });
 
   it.each([
-    [{ mem: "1k" }, /memoryBytes = 1024 is out of range/],
-    [{ cpus: "0" }, /cpus = 0 is out of range/],
+    [{ mem: "1k" }, /memory limit \(--mem\) 1024 is out of range/],
+    [{ cpus: "0" }, /cpu limit \(--cpus\) 0 is out of range/],
     [{ cpus: "abc" }, /invalid cpus "abc"/],
-    [{ pids: "2" }, /pids = 2 is out of range/],
-    [{ timeout: "0s" }, /timeoutMs = 0 is out of range/],
+    [{ pids: "2" }, /pids limit \(--pids\) 2 is out of range/],
+    [{ timeout: "0s" }, /timeout in ms \(--timeout\) 0 is out of range/],
     [{ pids: "1.5" }, /invalid pids limit "1.5"/],
   ])("refuses %j", (flags, message) => {
     expect(() => limitsFromFlags(flags)).toThrow(message);

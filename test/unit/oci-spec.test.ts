@@ -1,11 +1,16 @@
 import { describe, expect, it } from "vitest";
 import { DEFAULT_LIMITS, MiB } from "../../src/core/limits.js";
 import { chooseLayerKind, type SandboxSpec } from "../../src/core/sandbox.js";
-import { MASKED_PATHS, READONLY_PATHS, buildOciSpec } from "../../src/sandbox/runtime/oci-spec.js";
+import { buildOciSpec, MASKED_PATHS, READONLY_PATHS } from "../../src/sandbox/runtime/oci-spec.js";
 
 const spec: SandboxSpec = {
   id: "sb-000000000001",
-  image: { name: "default", digest: "sha256:x", rootfs: "/images/x/rootfs", env: { PATH: "/usr/bin:/bin", HOME: "/nope" } },
+  image: {
+    name: "default",
+    digest: "sha256:x",
+    rootfs: "/images/x/rootfs",
+    env: { PATH: "/usr/bin:/bin", HOME: "/nope" },
+  },
   limits: { ...DEFAULT_LIMITS, memoryBytes: 256 * MiB, cpus: 0.5, pids: 64 },
   ids: { base: 100_000_000, size: 65_536 },
   network: "none",
@@ -31,8 +36,12 @@ describe("buildOciSpec", () => {
   });
 
   it("maps root inside to the unprivileged range, uid and gid alike", () => {
-    expect(config.linux.uidMappings).toEqual([{ containerID: 0, hostID: 100_000_000, size: 65_536 }]);
-    expect(config.linux.gidMappings).toEqual([{ containerID: 0, hostID: 100_000_000, size: 65_536 }]);
+    expect(config.linux.uidMappings).toEqual([
+      { containerID: 0, hostID: 100_000_000, size: 65_536 },
+    ]);
+    expect(config.linux.gidMappings).toEqual([
+      { containerID: 0, hostID: 100_000_000, size: 65_536 },
+    ]);
   });
 
   it("grants no capability in any set and sets no_new_privileges", () => {
@@ -41,20 +50,30 @@ describe("buildOciSpec", () => {
   });
 
   it("applies the cgroup limits, with no swap", () => {
-    expect(config.linux.resources.memory).toEqual({ limit: 256 * MiB, swap: 256 * MiB, disableOOMKiller: false });
+    expect(config.linux.resources.memory).toEqual({
+      limit: 256 * MiB,
+      swap: 256 * MiB,
+      disableOOMKiller: false,
+    });
     expect(config.linux.resources.cpu).toEqual({ quota: 50_000, period: 100_000 });
     expect(config.linux.resources.pids).toEqual({ limit: 64 });
     expect(config.linux.resources.devices).toEqual([{ allow: false, access: "rwm" }]);
   });
 
   it("omits swap only where the host cannot account it", () => {
-    expect(buildOciSpec({ ...input, swapAccounting: false }).linux.resources.memory.swap).toBeUndefined();
+    expect(
+      buildOciSpec({ ...input, swapAccounting: false }).linux.resources.memory.swap,
+    ).toBeUndefined();
   });
 
   it("applies rlimits for open files, file size and core dumps", () => {
     expect(config.process.rlimits).toEqual([
       { type: "RLIMIT_NOFILE", hard: 1024, soft: 1024 },
-      { type: "RLIMIT_FSIZE", hard: DEFAULT_LIMITS.fileSizeBytes, soft: DEFAULT_LIMITS.fileSizeBytes },
+      {
+        type: "RLIMIT_FSIZE",
+        hard: DEFAULT_LIMITS.fileSizeBytes,
+        soft: DEFAULT_LIMITS.fileSizeBytes,
+      },
       { type: "RLIMIT_CORE", hard: 0, soft: 0 },
     ]);
   });
@@ -72,7 +91,9 @@ describe("buildOciSpec", () => {
     const sup = config.mounts.find((m) => m.destination === "/.corral/supervisor");
     expect(sup?.options).toEqual(["bind", "ro", "nosuid", "nodev"]);
     expect(config.mounts.filter((m) => m.type === "bind")).toHaveLength(1);
-    expect(config.mounts.find((m) => m.destination === "/dev/shm")?.options).toContain("size=67108864");
+    expect(config.mounts.find((m) => m.destination === "/dev/shm")?.options).toContain(
+      "size=67108864",
+    );
     expect(config.mounts.find((m) => m.destination === "/sys")?.options).toContain("ro");
   });
 
@@ -89,9 +110,15 @@ describe("buildOciSpec", () => {
   });
 
   it("weakens only through the test-only switches", () => {
-    const noSeccomp = buildOciSpec({ ...input, spec: { ...spec, testOnly: { dropSeccomp: true } } });
+    const noSeccomp = buildOciSpec({
+      ...input,
+      spec: { ...spec, testOnly: { dropSeccomp: true } },
+    });
     expect(noSeccomp.linux.seccomp).toBeUndefined();
-    const noUserns = buildOciSpec({ ...input, spec: { ...spec, testOnly: { dropUserNamespace: true } } });
+    const noUserns = buildOciSpec({
+      ...input,
+      spec: { ...spec, testOnly: { dropUserNamespace: true } },
+    });
     expect(noUserns.linux.namespaces.map((n) => n.type)).not.toContain("user");
     expect(noUserns.linux.uidMappings).toBeUndefined();
   });

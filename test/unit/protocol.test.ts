@@ -16,7 +16,10 @@ describe("supervisor protocol", () => {
   });
 
   it("decodes frames split across arbitrary chunks", () => {
-    const stream = Buffer.concat([encodeFrame(0x92, 7, Buffer.from("hello")), encodeFrame(0x91, 8)]);
+    const stream = Buffer.concat([
+      encodeFrame(0x92, 7, Buffer.from("hello")),
+      encodeFrame(0x91, 8),
+    ]);
     for (let cut = 0; cut <= stream.length; cut++) {
       const d = new FrameDecoder();
       const frames = [...d.push(stream.subarray(0, cut)), ...d.push(stream.subarray(cut))];
@@ -34,7 +37,13 @@ describe("supervisor protocol", () => {
   });
 
   it("encodes SPAWN with NUL-terminated cwd, argv and env", () => {
-    const p = encodeSpawn({ argv: ["sh", "-c", "x"], env: { A: "1" }, cwd: "/work", timeoutMs: 1500, stdinPipe: true });
+    const p = encodeSpawn({
+      argv: ["sh", "-c", "x"],
+      env: { A: "1" },
+      cwd: "/work",
+      timeoutMs: 1500,
+      stdinPipe: true,
+    });
     expect(p.readUInt32BE(0)).toBe(1);
     expect(p.readUInt32BE(4)).toBe(1500);
     expect(p.readUInt16BE(8)).toBe(3);
@@ -43,9 +52,15 @@ describe("supervisor protocol", () => {
   });
 
   it("refuses strings that would corrupt the framing", () => {
-    expect(() => encodeSpawn({ argv: ["a\0b"], env: {}, cwd: "/", timeoutMs: 0, stdinPipe: false })).toThrow(/NUL/);
-    expect(() => encodeSpawn({ argv: [], env: {}, cwd: "/", timeoutMs: 0, stdinPipe: false })).toThrow(/argv/);
-    expect(() => encodeSpawn({ argv: ["x"], env: { "A=B": "1" }, cwd: "/", timeoutMs: 0, stdinPipe: false })).toThrow(/name/);
+    expect(() =>
+      encodeSpawn({ argv: ["a\0b"], env: {}, cwd: "/", timeoutMs: 0, stdinPipe: false }),
+    ).toThrow(/NUL/);
+    expect(() =>
+      encodeSpawn({ argv: [], env: {}, cwd: "/", timeoutMs: 0, stdinPipe: false }),
+    ).toThrow(/argv/);
+    expect(() =>
+      encodeSpawn({ argv: ["x"], env: { "A=B": "1" }, cwd: "/", timeoutMs: 0, stdinPipe: false }),
+    ).toThrow(/name/);
     expect(() => encodeWriteFile("", Buffer.alloc(0), 0o644)).toThrow(/path/);
   });
 
@@ -58,8 +73,19 @@ describe("supervisor protocol", () => {
     ev.writeBigUInt64BE(5n, 16);
     ev.writeBigUInt64BE(6n, 24);
     ev.writeBigUInt64BE(2048n, 32);
-    expect(decodeExit(ev)).toEqual({ how: "signaled", timedOut: true, code: 9, wallUs: 1234, userUs: 5, sysUs: 6, maxRssKiB: 2048 });
+    expect(decodeExit(ev)).toEqual({
+      how: "signaled",
+      timedOut: true,
+      code: 9,
+      wallUs: 1234,
+      userUs: 5,
+      sysUs: 6,
+      maxRssKiB: 2048,
+    });
     expect(() => decodeExit(Buffer.alloc(3))).toThrow();
-    expect(decodeProbe(Buffer.from("a=1\nuid_map=0 1 2;3 4 5\n\nbad\n"))).toEqual({ a: "1", uid_map: "0 1 2;3 4 5" });
+    expect(decodeProbe(Buffer.from("a=1\nuid_map=0 1 2;3 4 5\n\nbad\n"))).toEqual({
+      a: "1",
+      uid_map: "0 1 2;3 4 5",
+    });
   });
 });

@@ -35,11 +35,19 @@ const goodReport: Record<string, string> = {
   "rlimit.nofile": "1024/1024",
   "rlimit.fsize": `${DEFAULT_LIMITS.fileSizeBytes}/${DEFAULT_LIMITS.fileSizeBytes}`,
 };
-const goodCgroup = { memoryBytes: DEFAULT_LIMITS.memoryBytes, cpuQuotaUs: 100_000, cpuPeriodUs: 100_000, pids: 256 };
+const goodCgroup = {
+  memoryBytes: DEFAULT_LIMITS.memoryBytes,
+  cpuQuotaUs: 100_000,
+  cpuPeriodUs: 100_000,
+  pids: 256,
+};
 
 function input(report: Record<string, string | undefined>, cgroup = goodCgroup): SelfCheckInput {
   return {
-    report: Object.fromEntries(Object.entries(report).filter(([, v]) => v !== undefined)) as Record<string, string>,
+    report: Object.fromEntries(Object.entries(report).filter(([, v]) => v !== undefined)) as Record<
+      string,
+      string
+    >,
     hostNamespaces: host,
     ids,
     limits: { ...DEFAULT_LIMITS },
@@ -55,7 +63,11 @@ describe("decideSelfCheck", () => {
   });
 
   it.each<[string, Record<string, string | undefined>, string]>([
-    ["shared user namespace (weakened: no userns)", { "ns.user": host["ns.user"] }, "namespace.user"],
+    [
+      "shared user namespace (weakened: no userns)",
+      { "ns.user": host["ns.user"] },
+      "namespace.user",
+    ],
     ["shared pid namespace", { "ns.pid": host["ns.pid"] }, "namespace.pid"],
     ["shared network namespace", { "ns.net": host["ns.net"] }, "namespace.net"],
     ["shared mount namespace", { "ns.mnt": host["ns.mnt"] }, "namespace.mnt"],

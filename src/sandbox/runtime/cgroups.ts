@@ -4,7 +4,7 @@
  * cgroup v1 (tested here) and v2 (unified; mapped from the kernel docs) are both handled.
  */
 import { existsSync } from "node:fs";
-import { readFile, readdir, rmdir } from "node:fs/promises";
+import { readdir, readFile, rmdir } from "node:fs/promises";
 import path from "node:path";
 
 export const CGROUP_ROOT = "/sys/fs/cgroup";
@@ -97,7 +97,8 @@ export class CgroupReader {
       const [quota, period] = (cpuMax ?? "").split(" ");
       return {
         memoryBytes: await readNumber(this.file("", "memory.max")),
-        cpuQuotaUs: quota === undefined || quota === "" ? null : quota === "max" ? -1 : Number(quota),
+        cpuQuotaUs:
+          quota === undefined || quota === "" ? null : quota === "max" ? -1 : Number(quota),
         cpuPeriodUs: period === undefined ? null : Number(period),
         pids: await readNumber(this.file("", "pids.max")),
       };

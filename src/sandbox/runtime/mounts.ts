@@ -45,7 +45,9 @@ export interface LoopDevice {
 export async function loopDevicesUnder(dir: string): Promise<LoopDevice[]> {
   const r = await runCommand(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"]);
   if (r.code !== 0 || r.stdout.trim() === "") return [];
-  const parsed = JSON.parse(r.stdout) as { loopdevices?: { name: string; "back-file": string | null }[] };
+  const parsed = JSON.parse(r.stdout) as {
+    loopdevices?: { name: string; "back-file": string | null }[];
+  };
   const prefix = dir.endsWith("/") ? dir : `${dir}/`;
   return (parsed.loopdevices ?? [])
     .filter((d) => d["back-file"]?.replace(/ \(deleted\)$/, "").startsWith(prefix))

@@ -23,7 +23,10 @@ export interface OciConfig {
     args: string[];
     env: string[];
     cwd: string;
-    capabilities: Record<"bounding" | "effective" | "inheritable" | "permitted" | "ambient", string[]>;
+    capabilities: Record<
+      "bounding" | "effective" | "inheritable" | "permitted" | "ambient",
+      string[]
+    >;
     rlimits: { type: string; hard: number; soft: number }[];
     noNewPrivileges: true;
   };
@@ -112,9 +115,19 @@ export function buildOciSpec(input: OciSpecInput): OciConfig {
       source: "shm",
       options: ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"],
     },
-    { destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"] },
+    {
+      destination: "/dev/mqueue",
+      type: "mqueue",
+      source: "mqueue",
+      options: ["nosuid", "noexec", "nodev"],
+    },
     // sysfs of the sandbox's own network namespace, read-only.
-    { destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"] },
+    {
+      destination: "/sys",
+      type: "sysfs",
+      source: "sysfs",
+      options: ["nosuid", "noexec", "nodev", "ro"],
+    },
     // The supervisor: read-only, so code inside cannot replace PID 1's program.
     {
       destination: SUPERVISOR_PATH_IN_SANDBOX,

@@ -2,7 +2,10 @@
  * The runc driver: the only code that runs the OCI runtime. Each data directory has its
  * own runc state root (`<data>/runc`), so `gc` sees and removes only its own containers.
  */
+import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
+import { constants as osConstants } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import { CorralError } from "../../core/errors.js";
 import { runCommand } from "../../core/proc.js";
 
@@ -26,7 +29,7 @@ export class RuncRuntime implements Runtime {
   constructor(
     readonly binary: string,
     readonly stateRoot: string,
-    /** The supervisor binary: its host-listen mode binds the socket and execs runc. */
+    /** The supervisor binary: its host-listen mode binds the socket and runs runc as the sandbox's shim. */
     readonly supervisorBinary: string,
   ) {}
 
@@ -34,9 +37,16 @@ export class RuncRuntime implements Runtime {
     return [this.binary, "--root", this.stateRoot];
   }
 
-  async start(a: { id: string; bundle: string; socketPath: string; logPath: string }): Promise<void> {
+  /** Each started container's shim (see host-listen in the supervisor), until it exits. */
+  private readonly shims = new Map<string, Promise<void>>();
+
+  async start(a: {
+    id: string;
+    bundle: string;
+    socketPath: string;
+    logPath: string;
+  }): Promise<void> {
     const argv = [
-      this.supervisorBinary,
       "host-listen",
       a.socketPath,
       "--",
@@ -53,18 +63,67 @@ export class RuncRuntime implements Runtime {
       a.bundle,
       a.id,
     ];
-    let r: Awaited<ReturnType<typeof runCommand>>;
-    try {
-      r = await runCommand(argv, { timeoutMs: 60_000 });
-    } catch (err) {
+    // The shim runs in its own session (a Ctrl-C to the CLI is not for it) but stays our
+    // child: it reaps the container's init, and we reap the shim.
+    const shim = spawn(this.supervisorBinary, argv, {
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
+    const gone = new Promise<void>((resolve) => {
+      shim.once("exit", () => resolve());
+      shim.once("error", () => resolve());
+    });
+    this.shims.set(a.id, gone);
+    void gone.then(() => this.shims.delete(a.id));
+    let stderr = "";
+    shim.stderr.setEncoding("utf8");
+    shim.stderr.on("data", (c: string) => {
+      if (stderr.length < 64 * 1024) stderr += c;
+    });
+    const code = await new Promise<number | Error>((resolve) => {
+      let out = "";
+      const timer = setTimeout(() => {
+        shim.kill("SIGKILL");
+        resolve(new Error("runc did not start the sandbox within 60 s"));
+      }, 60_000);
+      shim.stdout.setEncoding("utf8");
+      shim.stdout.on("data", (c: string) => {
+        out += c;
+        const m = /^runc (\d+)\n/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve(Number(m[1]));
+        }
+      });
+      shim.once("error", (err) => {
+        clearTimeout(timer);
+        resolve(err);
+      });
+      shim.once("exit", (c, sig) => {
+        clearTimeout(timer);
+        resolve(c ?? 128 + (sig ? (osConstants.signals[sig] ?? 0) : 0));
+      });
+    });
+    // The shim lives on by itself; it must not keep the process alive.
+    shim.unref();
+    shim.stdout.destroy();
+    shim.stderr.destroy();
+    if (code instanceof Error) {
       throw new CorralError(
         "prerequisite_missing",
-        `cannot start ${this.binary}: ${(err as Error).message}`,
+        `cannot start ${this.binary}: ${code.message}`,
         "install runc (apt-get install runc)",
       );
     }
-    if (r.code !== 0) {
-      const detail = (await lastRuncError(a.logPath)) ?? (r.stderr.trim() || `exit ${r.code}`);
+    if (code === 127) {
+      throw new CorralError(
+        "prerequisite_missing",
+        `cannot start ${this.binary}: ${stderr.trim() || "not found"}`,
+        "install runc (apt-get install runc)",
+      );
+    }
+    if (code !== 0) {
+      const detail = (await lastRuncError(a.logPath)) ?? (stderr.trim() || `exit ${code}`);
       throw new CorralError("runtime_failed", `runc could not start the sandbox: ${detail}`);
     }
   }
@@ -79,6 +138,10 @@ export class RuncRuntime implements Runtime {
     if (r.code !== 0 && !/does not exist|not exist/i.test(r.stderr)) {
       throw new CorralError("runtime_failed", `runc delete ${id} failed: ${r.stderr.trim()}`);
     }
+    // Once the container is deleted its init dies; the shim reaps it and exits. Waiting
+    // for that means no zombie of the sandbox's uid range outlives remove().
+    const shim = this.shims.get(id);
+    if (shim) await Promise.race([shim, sleep(5000)]);
   }
 
   async list(): Promise<RuntimeContainer[]> {

@@ -14,7 +14,8 @@
  *
  * Second mode, used on the host only:
  *   corral-supervisor host-listen SOCKET_PATH -- PROGRAM ARGS...
- * binds the socket, puts it at fd 3 (inheritable) and execs PROGRAM (runc).
+ * binds the socket, runs PROGRAM (runc) with it at fd 3, and stays behind as the
+ * sandbox's shim: a subreaper that reaps the container's init (see host_listen).
  *
  * Build: gcc -std=c11 -static -O2 -Wall -Wextra -Werror (scripts/build-supervisor.mjs).
  */
@@ -1193,6 +1194,15 @@ static int run_supervisor(void)
 
 /* ------------------------------------------------------------ host-listen */
 
+/*
+ * host-listen is the sandbox's shim on the host, like containerd-shim: it binds the
+ * listening socket, starts `runc run --detach` with the socket at fd 3, and stays
+ * behind as a child subreaper. When runc returns, the container's init has been
+ * reparented to us: we report runc's exit status on stdout ("runc N\n"), close our
+ * stdio, and reap until no child is left. So the container's init is reaped the moment
+ * it dies, whatever the host's PID 1 does with orphans, and the caller (our parent)
+ * learns that the sandbox is fully gone when we exit.
+ */
 static int host_listen(int argc, char **argv)
 {
     if (argc < 5 || strcmp(argv[3], "--") != 0) {
@@ -1232,21 +1242,66 @@ static int host_listen(int argc, char **argv)
         unlink(path);
         return 1;
     }
-    /* dup2 replaces whatever was at fd 3 and leaves the copy inheritable. */
-    if (fd != LISTEN_FD) {
-        if (dup2(fd, LISTEN_FD) < 0) {
-            fprintf(stderr, "corral-supervisor: dup2: %s\n", strerror(errno));
-            unlink(path);
-            return 1;
-        }
-        close(fd);
-    } else {
-        fcntl(LISTEN_FD, F_SETFD, 0);
+    /* Orphans below us (the container's init, once runc exits) become our children. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    /* The caller's terminal signals (Ctrl-C) are for the caller, which then destroys the
+     * sandbox; the shim must outlive it long enough to reap. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    pid_t runc = fork();
+    if (runc < 0) {
+        fprintf(stderr, "corral-supervisor: fork: %s\n", strerror(errno));
+        unlink(path);
+        return 1;
     }
-    execvp(argv[4], argv + 4);
-    fprintf(stderr, "corral-supervisor: exec %s: %s\n", argv[4], strerror(errno));
-    unlink(path);
-    return 127;
+    if (runc == 0) {
+        signal(SIGINT, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        /* dup2 leaves the copy at fd 3 inheritable (the original stays close-on-exec);
+         * when the socket already is fd 3, dup2 does nothing, so clear the flag. */
+        if (fd == LISTEN_FD ? fcntl(fd, F_SETFD, 0) < 0 : dup2(fd, LISTEN_FD) < 0) {
+            fprintf(stderr, "corral-supervisor: dup2: %s\n", strerror(errno));
+            _exit(127);
+        }
+        /* runc's stdout is not our report channel: the container must not hold it. */
+        int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (nul >= 0)
+            dup2(nul, STDOUT_FILENO);
+        execvp(argv[4], argv + 4);
+        fprintf(stderr, "corral-supervisor: exec %s: %s\n", argv[4], strerror(errno));
+        _exit(127);
+    }
+    close(fd);
+    int status = 0;
+    for (;;) {
+        pid_t pid = waitpid(runc, &status, 0);
+        if (pid == runc)
+            break;
+        if (pid < 0 && errno != EINTR) {
+            status = 127 << 8;
+            break;
+        }
+    }
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    printf("runc %d\n", code);
+    fflush(stdout);
+    /* Our stdio belongs to the caller: release it, so its pipes see end of file. */
+    int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (nul >= 0) {
+        dup2(nul, STDIN_FILENO);
+        dup2(nul, STDOUT_FILENO);
+        dup2(nul, STDERR_FILENO);
+        close(nul);
+    }
+    if (code != 0)
+        unlink(path);
+    /* Reap the container's init (and anything else runc left) until none is left. */
+    for (;;) {
+        pid_t pid = wait(NULL);
+        if (pid < 0 && errno == ECHILD)
+            break;
+    }
+    return code;
 }
 
 int main(int argc, char **argv)

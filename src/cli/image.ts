@@ -1,0 +1,181 @@
+/** `corral image build | ls | rm`: the image cache from the command line. */
+
+import { CorralError } from "../core/errors.js";
+import { formatBytes } from "../core/limits.js";
+import { type BuildProgress, buildImage } from "../images/build.js";
+import { findHostMirror } from "../images/mirror.js";
+import { loadDefaultRecipe, loadRecipe, type Recipe } from "../images/recipe.js";
+import { listImages, removeImage, type StoredImage } from "../images/store.js";
+
+export interface ImageBuildFlags {
+  /** A recipe file; the built-in recipe when absent. */
+  recipe?: string;
+  mirror?: string;
+  imageDir: string;
+  uidBase: number;
+  json: boolean;
+}
+
+/** The mirror to build from: the flag, else the recipe's, else the host's apt configuration. */
+export async function chooseMirror(recipe: Recipe, flag: string | undefined): Promise<string> {
+  if (flag !== undefined) {
+    if (!/^(https?|file):\/\/\S+$/.test(flag)) {
+      throw new CorralError(
+        "invalid_argument",
+        `--mirror ${flag}: not an http://, https:// or file:// URL`,
+      );
+    }
+    return flag.replace(/\/+$/, "");
+  }
+  if (recipe.mirror) return recipe.mirror;
+  const host = await findHostMirror(recipe.suite);
+  if (host) return host;
+  throw new CorralError(
+    "prerequisite_missing",
+    "no Debian mirror found in the host's apt configuration; pass --mirror URL",
+  );
+}
+
+/** One updating line on a terminal, plain step lines otherwise (logs, CI). */
+export function progressPrinter(stream: NodeJS.WriteStream = process.stderr): {
+  update: (p: BuildProgress) => void;
+  done: () => void;
+} {
+  if (stream.isTTY) {
+    let last = 0;
+    let shown = false;
+    return {
+      update: (p) => {
+        const now = Date.now();
+        if (now - last < 100 && p.fraction < 1) return;
+        last = now;
+        const width = 20;
+        const filled = Math.round(p.fraction * width);
+        const pct = String(Math.floor(p.fraction * 100)).padStart(3);
+        let line = `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${pct}% ${p.step}${p.detail ? `: ${p.detail}` : ""}`;
+        const columns = stream.columns || 80;
+        if (line.length > columns - 1) line = line.slice(0, columns - 1);
+        stream.write(`\r\x1b[2K${line}`);
+        shown = true;
+      },
+      done: () => {
+        if (shown) stream.write("\r\x1b[2K");
+      },
+    };
+  }
+  let lastStep = "";
+  const started = Date.now();
+  return {
+    update: (p) => {
+      if (p.step === lastStep) return;
+      lastStep = p.step;
+      const elapsed = Math.round((Date.now() - started) / 1000);
+      stream.write(
+        `corral: image build: ${p.step} (${Math.floor(p.fraction * 100)}%, ${elapsed} s)\n`,
+      );
+    },
+    done: () => {},
+  };
+}
+
+function formatDuration(seconds: number): string {
+  const s = Math.round(seconds);
+  return s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s` : `${s}s`;
+}
+
+function imageJson(
+  image: StoredImage,
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return { ...extra, ...image.meta, names: image.names, rootfs: image.rootfs };
+}
+
+export async function imageBuildCommand(flags: ImageBuildFlags): Promise<number> {
+  const recipe = flags.recipe ? await loadRecipe(flags.recipe) : await loadDefaultRecipe();
+  const mirror = await chooseMirror(recipe, flags.mirror);
+  const progress = progressPrinter();
+  // Ctrl-C or a TERM stops the build cleanly: the running step is terminated, the chroot's
+  // mounts and the half-built tree are removed before the command exits.
+  const abort = new AbortController();
+  const stop = (): void => abort.abort();
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
+  let result: Awaited<ReturnType<typeof buildImage>>;
+  try {
+    result = await buildImage({
+      recipe,
+      mirror,
+      imageDir: flags.imageDir,
+      uidBase: flags.uidBase,
+      onProgress: progress.update,
+      signal: abort.signal,
+    });
+  } finally {
+    process.off("SIGINT", stop);
+    process.off("SIGTERM", stop);
+    progress.done();
+  }
+  const { meta } = result;
+  if (flags.json) {
+    process.stdout.write(
+      `${JSON.stringify(imageJson(result, { cached: result.cached }), null, 2)}\n`,
+    );
+    return 0;
+  }
+  const how = result.cached ? "already built" : `built in ${formatDuration(meta.buildSeconds)}`;
+  process.stdout.write(
+    `image ${meta.name} ${how}\n` +
+      `  key     ${meta.key}\n` +
+      `  digest  ${meta.digest}\n` +
+      `  size    ${formatBytes(meta.sizeBytes)} (${meta.files} files)\n` +
+      `  rootfs  ${result.rootfs}\n`,
+  );
+  return 0;
+}
+
+function table(rows: string[][]): string {
+  const widths: number[] = [];
+  for (const row of rows) {
+    for (const [i, cell] of row.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length);
+  }
+  return rows
+    .map((row) =>
+      row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  "),
+    )
+    .join("\n");
+}
+
+export async function imageLsCommand(flags: { imageDir: string; json: boolean }): Promise<number> {
+  const images = await listImages(flags.imageDir);
+  if (flags.json) {
+    process.stdout.write(
+      `${JSON.stringify(
+        images.map((img) => imageJson(img)),
+        null,
+        2,
+      )}\n`,
+    );
+    return 0;
+  }
+  const rows = [["NAME", "KEY", "DIGEST", "SIZE", "CREATED"]];
+  for (const img of images) {
+    rows.push([
+      img.names.length > 0 ? img.names.join(",") : `<none> (was ${img.meta.name})`,
+      img.meta.key,
+      img.meta.digest.slice(0, "sha256:".length + 12),
+      formatBytes(img.meta.sizeBytes),
+      img.meta.created.replace("T", " ").slice(0, 16),
+    ]);
+  }
+  process.stdout.write(`${table(rows)}\n`);
+  return 0;
+}
+
+export async function imageRmCommand(flags: { imageDir: string; ref: string }): Promise<number> {
+  const removed = await removeImage(flags.imageDir, flags.ref);
+  const name = removed.names.length > 0 ? removed.names.join(",") : removed.meta.name;
+  process.stdout.write(
+    `removed image ${name} (key ${removed.meta.key}, ${removed.meta.digest.slice(0, 19)})\n`,
+  );
+  return 0;
+}

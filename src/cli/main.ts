@@ -1,0 +1,157 @@
+/**
+ * The `corral` command line. Each command lives in its own file; this one parses flags,
+ * opens the configuration, and maps every failure to one line and an exit code.
+ */
+import { Command, CommanderError, Option } from "commander";
+import { type ConfigFlags, loadConfig } from "../core/config.js";
+import { CorralError } from "../core/errors.js";
+import { configCommand } from "./config.js";
+import { demoCommand } from "./demo.js";
+import { doctorCommand } from "./doctor.js";
+import { gcCommand } from "./gc.js";
+import { imageBuildCommand, imageLsCommand, imageRmCommand } from "./image.js";
+import { EXIT_CORRAL_ERROR, reportError } from "./output.js";
+import { type RunFlags, runCommandLine } from "./run.js";
+
+function globalFlags(cmd: Command): ConfigFlags {
+  const o = cmd.optsWithGlobals() as { dataDir?: string; imageDir?: string; runtime?: string };
+  return {
+    ...(o.dataDir ? { dataDir: o.dataDir } : {}),
+    ...(o.imageDir ? { imageDir: o.imageDir } : {}),
+    ...(o.runtime ? { runtime: o.runtime } : {}),
+  };
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let exitCode = 0;
+  const program = new Command("corral")
+    .description("Run untrusted code in ephemeral, locked-down sandboxes")
+    .option("--data-dir <dir>", "where this instance keeps its state (env CORRAL_DATA_DIR)")
+    .option("--image-dir <dir>", "the shared image cache (env CORRAL_IMAGE_DIR)")
+    .addOption(
+      new Option("--runtime <name>", "the OCI runtime binary (env CORRAL_RUNTIME)").hideHelp(),
+    )
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({
+      // Commander's own parse errors: one line, like every other error.
+      outputError: (text) =>
+        process.stderr.write(`corral: ${text.replace(/^error: /, "").trim()}\n`),
+    });
+
+  program
+    .command("run")
+    .description("run code in a fresh sandbox and destroy it")
+    .argument("[file]", "a file with the code ('-' reads standard input)")
+    .requiredOption("--lang <language>", "python, r, shell or sql")
+    .option("-c, --code <code>", "the code itself, instead of a file")
+    .option("--image <name>", "image name, key or digest", "default")
+    .option("--mem <size>", "memory limit (default 512m)")
+    .option("--cpus <n>", "CPU limit in cores (default 1)")
+    .option("--pids <n>", "process limit (default 256)")
+    .option("--disk <size>", "writable layer size (default 1g)")
+    .option("--inodes <n>", "writable layer inodes (default 100000)")
+    .option("--open-files <n>", "open files limit (default 1024)")
+    .option("--file-size <size>", "largest file a process may write (default: the disk limit)")
+    .option("--timeout <duration>", "wall-time limit (default 30s)")
+    .option("--output-cap <size>", "bytes kept per output stream (default 1m)")
+    .option("--out <dir>", "copy files created or changed under /work here")
+    .option("--json", "print one JSON result instead of streaming")
+    .action(async (file: string | undefined, flags: RunFlags, cmd: Command) => {
+      exitCode = await runCommandLine(loadConfig(globalFlags(cmd)), file, flags);
+    });
+
+  const image = program.command("image").description("build, list and remove images");
+  image
+    .command("build")
+    .description("build an image from a recipe (default: the built-in recipe)")
+    .argument("[recipe]", "a recipe YAML file")
+    .option("--mirror <url>", "Debian mirror (default: the host's apt configuration)")
+    .option("--json", "print the image as JSON")
+    .action(
+      async (
+        recipe: string | undefined,
+        flags: { mirror?: string; json?: boolean },
+        cmd: Command,
+      ) => {
+        const config = loadConfig(globalFlags(cmd));
+        exitCode = await imageBuildCommand({
+          ...(recipe ? { recipe } : {}),
+          ...(flags.mirror ? { mirror: flags.mirror } : {}),
+          imageDir: config.imageDir,
+          uidBase: config.ids.base,
+          json: flags.json === true,
+        });
+      },
+    );
+  image
+    .command("ls")
+    .description("list built images")
+    .option("--json", "print JSON")
+    .action(async (flags: { json?: boolean }, cmd: Command) => {
+      exitCode = await imageLsCommand({
+        imageDir: loadConfig(globalFlags(cmd)).imageDir,
+        json: flags.json === true,
+      });
+    });
+  image
+    .command("rm")
+    .description("remove an image")
+    .argument("<image>", "name, key or digest prefix")
+    .action(async (ref: string, _flags: unknown, cmd: Command) => {
+      exitCode = await imageRmCommand({ imageDir: loadConfig(globalFlags(cmd)).imageDir, ref });
+    });
+
+  program
+    .command("gc")
+    .description("remove sandboxes whose owner died (containers, mounts, loop devices, cgroups)")
+    .option("--dry-run", "only report what would be removed")
+    .option("--json", "print JSON")
+    .option("--force", "also remove server-owned sandboxes whose server is gone")
+    .action(async (flags: { dryRun?: boolean; json?: boolean }, cmd: Command) => {
+      exitCode = await gcCommand(loadConfig(globalFlags(cmd)), flags);
+    });
+
+  program
+    .command("doctor")
+    .description("check the host and show what is enforced")
+    .option("--json", "print JSON")
+    .action(async (flags: { json?: boolean }, cmd: Command) => {
+      exitCode = await doctorCommand(loadConfig(globalFlags(cmd)), flags);
+    });
+
+  program
+    .command("demo")
+    .description("run the real-data examples in sandboxes and check their numbers")
+    .option("--yes", "install missing host packages and build the default image")
+    .option("--out <dir>", "where the chart and other outputs land", "corral-demo-out")
+    .action(async (flags: { yes?: boolean; out: string }, cmd: Command) => {
+      exitCode = await demoCommand(loadConfig(globalFlags(cmd)), flags);
+    });
+
+  program
+    .command("config")
+    .description("print the configuration in force")
+    .action(async (_flags: unknown, cmd: Command) => {
+      exitCode = configCommand(loadConfig(globalFlags(cmd)));
+    });
+
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return exitCode;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version are not errors.
+      if (
+        err.code === "commander.helpDisplayed" ||
+        err.code === "commander.version" ||
+        err.code === "commander.help"
+      ) {
+        return 0;
+      }
+      return EXIT_CORRAL_ERROR;
+    }
+    if (err instanceof CorralError || err instanceof Error) return reportError(err);
+    return reportError(err);
+  }
+}

@@ -1,0 +1,28 @@
+/** The CLI's one place that maps errors to exit codes and prints them. */
+import { asCorralError, CorralError, type ErrorCode } from "../core/errors.js";
+
+/** Corral's own failures exit 125, as `docker run` does; the program's codes pass through. */
+export const EXIT_CORRAL_ERROR = 125;
+export const EXIT_TIMEOUT = 124;
+export const EXIT_OOM = 137;
+
+const EXIT_CODES: Partial<Record<ErrorCode, number>> = {};
+
+export function exitCodeFor(err: CorralError): number {
+  return EXIT_CODES[err.code] ?? EXIT_CORRAL_ERROR;
+}
+
+/** One line on stderr: what is wrong and how to fix it. The stack goes to the debug log only. */
+export function reportError(err: unknown): number {
+  const e = asCorralError(err);
+  const hint = e.hint ? ` (${e.hint})` : "";
+  process.stderr.write(`corral: ${e.message}${hint}\n`);
+  if (process.env.CORRAL_DEBUG && e.cause instanceof Error && e.cause.stack) {
+    process.stderr.write(`${e.cause.stack}\n`);
+  } else if (process.env.CORRAL_DEBUG && e.stack) {
+    process.stderr.write(`${e.stack}\n`);
+  }
+  return exitCodeFor(e);
+}
+
+export { CorralError };

@@ -1,0 +1,162 @@
+/** `corral run`: one program in a fresh sandbox, streamed live, then destroyed. */
+import { readFile } from "node:fs/promises";
+import type { CorralConfig } from "../core/config.js";
+import { CorralError } from "../core/errors.js";
+import { parseLanguage } from "../core/languages.js";
+import { formatBytes, limitsFromFlags } from "../core/limits.js";
+import { collectGarbage } from "../sandbox/gc.js";
+import { openHost } from "../sandbox/host.js";
+import { loadImageRef } from "../sandbox/image-ref.js";
+import { checkHostPrerequisites } from "../sandbox/prerequisites.js";
+import { type RunResult, runCode } from "../sandbox/run-code.js";
+import type { Sandbox } from "../sandbox/sandbox.js";
+import { EXIT_OOM, EXIT_TIMEOUT, reportError } from "./output.js";
+
+export interface RunFlags {
+  lang: string;
+  code?: string;
+  image: string;
+  mem?: string;
+  cpus?: string;
+  pids?: string;
+  disk?: string;
+  inodes?: string;
+  openFiles?: string;
+  fileSize?: string;
+  timeout?: string;
+  outputCap?: string;
+  out?: string;
+  json?: boolean;
+}
+
+async function readCode(file: string | undefined, flags: RunFlags): Promise<string> {
+  if (flags.code !== undefined && file !== undefined) {
+    throw new CorralError("invalid_argument", "give either a FILE or -c CODE, not both");
+  }
+  if (flags.code !== undefined) return flags.code;
+  if (file === undefined)
+    throw new CorralError("invalid_argument", "no code: give a FILE or -c CODE");
+  try {
+    if (file === "-") {
+      const chunks: Buffer[] = [];
+      for await (const c of process.stdin) chunks.push(c as Buffer);
+      return Buffer.concat(chunks).toString("utf8");
+    }
+    return await readFile(file, "utf8");
+  } catch (err) {
+    throw new CorralError(
+      "invalid_argument",
+      `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
+  }
+}
+
+/** The exit code `corral run` returns for a result: the program's, or 124/137 when killed. */
+export function exitCodeForResult(r: Pick<RunResult, "killed" | "exitCode">): number {
+  if (r.killed === "timeout") return EXIT_TIMEOUT;
+  if (r.killed === "oom") return EXIT_OOM;
+  return r.exitCode;
+}
+
+export async function runCommandLine(
+  config: CorralConfig,
+  file: string | undefined,
+  flags: RunFlags,
+): Promise<number> {
+  // Validate everything the user typed before touching the host.
+  const language = parseLanguage(flags.lang);
+  const limits = limitsFromFlags({
+    ...(flags.mem !== undefined ? { mem: flags.mem } : {}),
+    ...(flags.cpus !== undefined ? { cpus: flags.cpus } : {}),
+    ...(flags.pids !== undefined ? { pids: flags.pids } : {}),
+    ...(flags.disk !== undefined ? { disk: flags.disk } : {}),
+    ...(flags.inodes !== undefined ? { inodes: flags.inodes } : {}),
+    ...(flags.openFiles !== undefined ? { openFiles: flags.openFiles } : {}),
+    ...(flags.fileSize !== undefined ? { fileSize: flags.fileSize } : {}),
+    ...(flags.timeout !== undefined ? { timeout: flags.timeout } : {}),
+    ...(flags.outputCap !== undefined ? { outputCap: flags.outputCap } : {}),
+  });
+  const code = await readCode(file, flags);
+  await checkHostPrerequisites(config, limits);
+  const image = await loadImageRef(config, flags.image);
+  const host = await openHost(config);
+  let active: Sandbox | null = null;
+  let creating = false;
+  let interrupted: NodeJS.Signals | null = null;
+  const finishInterrupted = (sandbox: Sandbox | null) => {
+    const signal = interrupted ?? "SIGTERM";
+    const done = () => {
+      host.close();
+      process.exit(signal === "SIGINT" ? 130 : 143);
+    };
+    if (sandbox) sandbox.destroy().then(done, done);
+    else done();
+  };
+  // Ctrl-C and SIGTERM destroy the sandbox before exiting. While it is being created,
+  // the signal waits for creation to end (or fail, which cleans up after itself).
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = signal;
+    if (active || !creating) finishInterrupted(active);
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    await collectGarbage(host, { dryRun: false });
+    if (interrupted) finishInterrupted(null);
+    creating = true;
+    const result = await runCode(host, {
+      language,
+      code,
+      image,
+      limits,
+      ...(flags.out ? { outDir: flags.out } : {}),
+      onSandbox: (s) => {
+        active = s;
+        creating = false;
+        if (interrupted) finishInterrupted(s);
+      },
+      ...(flags.json
+        ? {}
+        : {
+            onStdout: (c: Buffer) => process.stdout.write(c),
+            onStderr: (c: Buffer) => process.stderr.write(c),
+          }),
+    });
+    active = null;
+    if (flags.json) {
+      process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    } else {
+      for (const [name, s] of [
+        ["stdout", result.stdout],
+        ["stderr", result.stderr],
+      ] as const) {
+        if (s.truncated) {
+          process.stderr.write(
+            `corral: ${name} truncated: kept ${formatBytes(limits.outputCapBytes)} of ${s.bytes} bytes\n`,
+          );
+        }
+      }
+      if (result.killed === "timeout") {
+        process.stderr.write(`corral: killed: timeout after ${limits.timeoutMs / 1000}s\n`);
+      } else if (result.killed === "oom") {
+        process.stderr.write(
+          `corral: killed: out of memory (limit ${formatBytes(limits.memoryBytes)})\n`,
+        );
+      }
+      if (flags.out) {
+        const copied = result.files.filter((f) => f.copied);
+        if (copied.length > 0)
+          process.stderr.write(`corral: copied ${copied.length} file(s) to ${flags.out}\n`);
+      }
+    }
+    return exitCodeForResult(result);
+  } catch (err) {
+    if (interrupted) finishInterrupted(null);
+    return reportError(err);
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    host.close();
+  }
+}

@@ -1,0 +1,234 @@
+/** The `corral` command as a user runs it: real processes, real sandboxes. */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { CLI, testDataDir } from "../helpers/sandbox.js";
+
+interface Ran {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+function corral(
+  dataDir: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; input?: string } = {},
+): Promise<Ran> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      process.execPath,
+      [CLI, "--data-dir", dataDir, ...args],
+      { env: { ...process.env, ...opts.env }, maxBuffer: 64 << 20, timeout: 120_000 },
+      (err, stdout, stderr) => {
+        const e = err as (Error & { code?: number; signal?: NodeJS.Signals }) | null;
+        resolve({
+          code: e ? (typeof e.code === "number" ? e.code : null) : 0,
+          signal: e?.signal ?? null,
+          stdout,
+          stderr,
+        });
+      },
+    );
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+  });
+}
+
+function runcList(dataDir: string): Promise<string[]> {
+  return new Promise((resolve) =>
+    execFile("runc", ["--root", path.join(dataDir, "runc"), "list", "-q"], (_e, out) =>
+      resolve(out.trim() === "" ? [] : out.trim().split("\n")),
+    ),
+  );
+}
+
+async function gcFinds(dataDir: string): Promise<string[]> {
+  const r = await corral(dataDir, ["gc", "--dry-run", "--json"]);
+  const report = JSON.parse(r.stdout) as Record<string, string[]>;
+  return Object.entries(report).flatMap(([k, v]) => v.map((x) => `${k}: ${x}`));
+}
+
+const oneLineError = (r: Ran) => {
+  expect(r.code).toBe(125);
+  expect(r.stderr).toMatch(/^corral: [^\n]+\n$/);
+  expect(r.stderr).not.toMatch(/\bat .*\.js:\d+/);
+};
+
+describe("corral run", () => {
+  const dataDir = testDataDir("cli");
+
+  it("streams output and passes the exit code through", async () => {
+    const r = await corral(dataDir, [
+      "run",
+      "--lang",
+      "shell",
+      "-c",
+      "echo out; echo err >&2; exit 3",
+    ]);
+    expect(r).toMatchObject({ code: 3, stdout: "out\n", stderr: "err\n" });
+  });
+
+  it("reads code from a file and from stdin", async () => {
+    const dir = mkdtempSync(path.join(dataDir, "code-"));
+    writeFileSync(path.join(dir, "x.py"), "print(6 * 7)\n");
+    expect(
+      (await corral(dataDir, ["run", "--lang", "python", path.join(dir, "x.py")])).stdout,
+    ).toBe("42\n");
+    expect(
+      (await corral(dataDir, ["run", "--lang", "r", "-"], { input: "cat(1 + 1, '\\n')" })).stdout,
+    ).toBe("2 \n");
+  });
+
+  it("--json prints one result with every field", async () => {
+    const r = await corral(dataDir, [
+      "run",
+      "--lang",
+      "python",
+      "--json",
+      "-c",
+      "open('/work/o.txt','w').write('hi'); print('x')",
+    ]);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j).toMatchObject({
+      exitCode: 0,
+      killed: null,
+      stdout: { text: "x\n", bytes: 2, truncated: false },
+      stderr: { text: "", bytes: 0, truncated: false },
+      language: "python",
+    });
+    expect(j.image).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(j.durationMs).toBeGreaterThan(0);
+    expect(j.cpuMs).toBeGreaterThan(0);
+    expect(j.peakMemoryBytes).toBeGreaterThan(1 << 20);
+    expect(j.files).toEqual([expect.objectContaining({ path: "o.txt", size: 2 })]);
+  });
+
+  it("timeout exits 124 and OOM exits 137, both with one line saying why", async () => {
+    const t = await corral(dataDir, [
+      "run",
+      "--lang",
+      "shell",
+      "--timeout",
+      "1s",
+      "-c",
+      "sleep 10",
+    ]);
+    expect(t.code).toBe(124);
+    expect(t.stderr).toBe("corral: killed: timeout after 1s\n");
+    const o = await corral(dataDir, [
+      "run",
+      "--lang",
+      "python",
+      "--mem",
+      "128m",
+      "-c",
+      "b = bytearray(1 << 30)",
+    ]);
+    expect(o.code).toBe(137);
+    expect(o.stderr).toMatch(/corral: killed: out of memory \(limit 128 MiB\)\n$/);
+  });
+
+  it("--out copies created files back, and refuses nothing it should keep", async () => {
+    const out = mkdtempSync(path.join(dataDir, "out-"));
+    const r = await corral(dataDir, [
+      "run",
+      "--lang",
+      "shell",
+      "--out",
+      out,
+      "-c",
+      "mkdir -p sub; echo a > sub/a.txt; ln -s /etc/passwd link; mkfifo fifo; echo done",
+    ]);
+    expect(r.code).toBe(0);
+    expect(readFileSync(path.join(out, "sub/a.txt"), "utf8")).toBe("a\n");
+    expect(existsSync(path.join(out, "link"))).toBe(false);
+    expect(existsSync(path.join(out, "fifo"))).toBe(false);
+  });
+
+  it.each([
+    [["run", "--lang", "cobol", "-c", "x"], /unknown language "cobol"/],
+    [["run", "--lang", "python", "--mem", "lots", "-c", "x"], /memory/],
+    [["run", "--lang", "python", "--timeout", "-5s", "-c", "x"], /timeout/],
+    [["run", "--lang", "python", "/nonexistent/file.py"], /cannot read \/nonexistent\/file.py/],
+    [["run", "--lang", "python", "--image", "no-such-image", "-c", "x"], /image/],
+    [
+      ["run", "--lang", "python", "--open-files", "99999999", "-c", "x"],
+      /open files|hard limit|open-files/,
+    ],
+    [["run", "--lang", "python"], /no code/],
+    [["run", "--lang", "python", "--bogus-flag", "-c", "x"], /unknown option/],
+  ])("bad input %j is one line and exit 125", async (args, message) => {
+    const r = await corral(dataDir, args);
+    oneLineError(r);
+    expect(r.stderr).toMatch(message);
+  });
+
+  it("a missing runtime is one line and exit 125", async () => {
+    const r = await corral(dataDir, ["run", "--lang", "shell", "-c", "true"], {
+      env: { CORRAL_RUNTIME: "/nonexistent/runc" },
+    });
+    oneLineError(r);
+    expect(r.stderr).toMatch(/runc|runtime/);
+  });
+
+  it("two runs in parallel while a third process runs gc: both succeed, nothing is left", async () => {
+    const dir = testDataDir("cli-parallel");
+    const runs = [1, 2].map((i) =>
+      corral(dir, ["run", "--lang", "shell", "-c", `sleep 2; echo run${i}`]),
+    );
+    await new Promise((r) => setTimeout(r, 800));
+    const gcs = [await corral(dir, ["gc"]), await corral(dir, ["gc"])];
+    const [a, b] = await Promise.all(runs);
+    expect(a).toMatchObject({ code: 0, stdout: "run1\n" });
+    expect(b).toMatchObject({ code: 0, stdout: "run2\n" });
+    for (const g of gcs) expect(g.code).toBe(0);
+    expect(await runcList(dir)).toEqual([]);
+    expect(await gcFinds(dir)).toEqual([]);
+  });
+
+  it.each([
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ] as const)("%s cleans up the sandbox", async (signal, code) => {
+    const dir = testDataDir(`cli-${signal}`);
+    const child: ChildProcess = spawn(
+      process.execPath,
+      [CLI, "--data-dir", dir, "run", "--lang", "shell", "-c", "echo up; sleep 60"],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    await new Promise<void>((resolve) => child.stdout?.once("data", () => resolve()));
+    expect((await runcList(dir)).length).toBe(1);
+    child.kill(signal);
+    const exit = await new Promise<number | null>((resolve) =>
+      child.once("exit", (c) => resolve(c)),
+    );
+    expect(exit).toBe(code);
+    expect(await runcList(dir)).toEqual([]);
+    expect(await gcFinds(dir)).toEqual([]);
+  });
+
+  it("a killed CLI leaves garbage that the next start collects", async () => {
+    const dir = testDataDir("cli-kill9");
+    const child = spawn(
+      process.execPath,
+      [CLI, "--data-dir", dir, "run", "--lang", "shell", "-c", "echo up; sleep 60"],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    await new Promise<void>((resolve) => child.stdout?.once("data", () => resolve()));
+    child.kill("SIGKILL");
+    await new Promise((resolve) => child.once("exit", resolve));
+    expect((await gcFinds(dir)).length).toBeGreaterThan(0);
+    const r = await corral(dir, ["gc", "--json"]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).sandboxes).toHaveLength(1);
+    expect(await runcList(dir)).toEqual([]);
+    expect(await gcFinds(dir)).toEqual([]);
+  });
+});
