@@ -79,7 +79,7 @@ export async function openHost(config: CorralConfig): Promise<Host> {
   if (process.getuid?.() !== 0) {
     throw new CorralError(
       "prerequisite_missing",
-      "corral must run as root (it mounts layers and drives runc)",
+      "must run as root: Corral mounts layers and drives runc",
       "run it with sudo",
     );
   }

@@ -166,6 +166,39 @@ describe("corral run", () => {
     expect(r.stderr).toMatch(message);
   });
 
+  it("not root is one line and exit 125", async () => {
+    const r = await new Promise<Ran>((resolve) =>
+      execFile(
+        "setpriv",
+        [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          process.execPath,
+          CLI,
+          "--data-dir",
+          dataDir,
+          "run",
+          "--lang",
+          "shell",
+          "-c",
+          "true",
+        ],
+        (err, stdout, stderr) =>
+          resolve({
+            code: err ? Number((err as { code?: number }).code) : 0,
+            signal: null,
+            stdout,
+            stderr,
+          }),
+      ),
+    );
+    oneLineError(r);
+    expect(r.stderr).toBe(
+      "corral: must run as root: Corral mounts layers and drives runc (run it with sudo)\n",
+    );
+  });
+
   it("a missing runtime is one line and exit 125", async () => {
     const r = await corral(dataDir, ["run", "--lang", "shell", "-c", "true"], {
       env: { CORRAL_RUNTIME: "/nonexistent/runc" },
