@@ -22,16 +22,23 @@ function dataDirsUnder(testRoot: string): string[] {
   }
 }
 
-/** Host processes whose uid is in the sandbox range. */
-export function processesInSandboxRange(): string[] {
+/**
+ * Host processes whose uid is in the sandbox range, except those that live in the cgroup
+ * of a sandbox of another Corral instance (another data directory, such as a second test
+ * run on the same machine): those are that instance's to account for. A process of this
+ * run's data directories, or of no Corral sandbox at all, is a leak.
+ */
+export function processesInSandboxRange(ownTags: readonly string[] = []): string[] {
   const found: string[] = [];
   for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
     try {
       const status = readFileSync(`/proc/${pid}/status`, "utf8");
       const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
-      if (uid >= DEFAULT_UID_BASE && uid < DEFAULT_UID_BASE + ID_RANGE_SIZE) {
-        found.push(`process ${pid} (${/^Name:\s+(.*)$/m.exec(status)?.[1]}) uid ${uid}`);
-      }
+      if (uid < DEFAULT_UID_BASE || uid >= DEFAULT_UID_BASE + ID_RANGE_SIZE) continue;
+      const cgroup = readFileSync(`/proc/${pid}/cgroup`, "utf8");
+      const tag = /\/corral-([0-9a-f]{10})-sb-/.exec(cgroup)?.[1];
+      if (tag !== undefined && !ownTags.includes(tag)) continue;
+      found.push(`process ${pid} (${/^Name:\s+(.*)$/m.exec(status)?.[1]}) uid ${uid}`);
     } catch {
       // exited meanwhile
     }
@@ -69,6 +76,6 @@ export async function findLeaks(testRoot: string): Promise<string[]> {
   for (const m of await mountsUnder(testRoot)) leaks.push(`mount ${m}`);
   for (const l of await loopDevicesUnder(testRoot))
     leaks.push(`loop device ${l.name} (${l.backFile})`);
-  leaks.push(...processesInSandboxRange());
+  leaks.push(...processesInSandboxRange(dataDirsUnder(testRoot).map((d) => dataTag(d))));
   return leaks;
 }
