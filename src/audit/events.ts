@@ -11,6 +11,7 @@ export type EventKind =
   | "sandbox.self_check"
   | "sandbox.destroy"
   | "exec"
+  | "session.end"
   | "files.out"
   | "gc.remove"
   | "image.build"

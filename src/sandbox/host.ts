@@ -3,12 +3,13 @@
  * supervisor binary that sandboxes run. Opened once per process (CLI command or server).
  */
 import { createHash } from "node:crypto";
-import { chmod, copyFile, mkdir, readFile, rename, stat } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { EventLog } from "../audit/events.js";
 import { type CorralConfig, dataTag } from "../core/config.js";
 import { CorralError } from "../core/errors.js";
 import { openDb } from "../store/db.js";
+import { packageRoot } from "../core/package-root.js";
 import { supervisorBinaryPath } from "../supervisor/paths.js";
 import { cgroupVersion, swapAccounting } from "./runtime/cgroups.js";
 import { RuncRuntime, type Runtime } from "./runtime/runc.js";
@@ -21,6 +22,8 @@ export interface Host {
   runtime: Runtime;
   /** The supervisor binary, copied into the data directory so the mapped range can reach it. */
   supervisor: string;
+  /** The kernel drivers' directory (installKernels), mounted at /.corral/kernels. */
+  kernels: string;
   swapAccounting: boolean;
   sandboxesDir: string;
   close(): void;
@@ -75,6 +78,48 @@ async function installSupervisor(dataDir: string): Promise<string> {
   return target;
 }
 
+/** The in-sandbox kernel drivers, by the file name they have under /.corral/kernels. */
+export const KERNEL_DRIVERS: Record<string, string> = {
+  "python.py": "src/kernels/python/driver.py",
+  "shell.sh": "src/kernels/shell/driver.sh",
+};
+
+/**
+ * Copy the kernel drivers into a content-addressed directory of the data directory, for
+ * the same reason as the supervisor: the sandbox's ids must be able to read them, which
+ * a checkout under a 0700 home directory would not allow. Mounted read-only in every
+ * sandbox at /.corral/kernels.
+ */
+async function installKernels(dataDir: string): Promise<string> {
+  const files: [string, Buffer][] = [];
+  const hash = createHash("sha256");
+  for (const [name, rel] of Object.entries(KERNEL_DRIVERS)) {
+    const bytes = await readFile(path.join(packageRoot(), rel));
+    files.push([name, bytes]);
+    hash.update(name).update("\0").update(bytes).update("\0");
+  }
+  const target = path.join(dataDir, "bin", `kernels-${hash.digest("hex").slice(0, 16)}`);
+  try {
+    await stat(target);
+    return target;
+  } catch {
+    // not installed yet
+  }
+  const tmp = `${target}.${process.pid}.tmp`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true, mode: 0o755 });
+  for (const [name, bytes] of files) await writeFile(path.join(tmp, name), bytes, { mode: 0o644 });
+  await chmod(tmp, 0o755);
+  try {
+    await rename(tmp, target);
+  } catch (err) {
+    // another process installed the same content first
+    await rm(tmp, { recursive: true, force: true });
+    if ((err as NodeJS.ErrnoException).code !== "ENOTEMPTY" && (err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+  }
+  return target;
+}
+
 export async function openHost(config: CorralConfig): Promise<Host> {
   if (process.getuid?.() !== 0) {
     throw new CorralError(
@@ -91,6 +136,7 @@ export async function openHost(config: CorralConfig): Promise<Host> {
   const runcRoot = path.join(config.dataDir, "runc");
   await mkdir(runcRoot, { recursive: true, mode: 0o700 });
   const supervisor = await installSupervisor(config.dataDir);
+  const kernels = await installKernels(config.dataDir);
   const db = openDb(path.join(config.dataDir, "corral.db"));
   return {
     config,
@@ -98,6 +144,7 @@ export async function openHost(config: CorralConfig): Promise<Host> {
     events: new EventLog(db),
     runtime: new RuncRuntime(config.runtime, runcRoot, supervisor),
     supervisor,
+    kernels,
     swapAccounting: swapAccounting(cgroupVersion()),
     sandboxesDir,
     close: () => db.close(),

@@ -17,7 +17,12 @@ import {
   type SandboxSpec,
   type TestOnlyWeakening,
 } from "../core/sandbox.js";
-import { type ExitInfo, SupervisorClient } from "../supervisor/client.js";
+import {
+  type ContextChannel,
+  type ContextStartOptions,
+  type ExitInfo,
+  SupervisorClient,
+} from "../supervisor/client.js";
 import type { Host } from "./host.js";
 import {
   CgroupReader,
@@ -68,6 +73,11 @@ export interface ExecRequest {
   cwd?: string;
   timeoutMs: number;
   outputCapBytes: number;
+  /**
+   * The program's stdin: bytes (then end of file) or a stream forwarded as it arrives
+   * (`corral run -i`). Without it, stdin is /dev/null.
+   */
+  stdin?: Buffer | string | AsyncIterable<Buffer | string>;
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
 }
@@ -167,6 +177,7 @@ export class Sandbox {
         spec,
         rootfs: paths.rootfs,
         supervisorHostPath: paths.supervisor,
+        kernelsHostDir: host.kernels,
         cgroupsPath,
         swapAccounting: host.swapAccounting,
       });
@@ -249,6 +260,16 @@ export class Sandbox {
     return this.client;
   }
 
+  /** Start a long-lived kernel under its own keeper (see ContextChannel). */
+  startContext(opts: ContextStartOptions): ContextChannel {
+    return this.requireClient().startContext(opts);
+  }
+
+  /** Whether the sandbox still runs (its supervisor has not been lost or stopped). */
+  get running(): boolean {
+    return !this.stopped && this.client !== null;
+  }
+
   async writeFile(file: string, data: Buffer | string, mode = 0o644): Promise<void> {
     await this.requireClient().writeFile(
       file,
@@ -270,6 +291,7 @@ export class Sandbox {
       env,
       cwd: req.cwd ?? "/work",
       timeoutMs: req.timeoutMs,
+      stdin: req.stdin !== undefined,
       onStdout: (c) => {
         const part = stdout.push(c);
         if (part.length > 0) req.onStdout?.(part);
@@ -279,6 +301,7 @@ export class Sandbox {
         if (part.length > 0) req.onStderr?.(part);
       },
     });
+    if (req.stdin !== undefined) void feedStdin(handle, req.stdin);
     // The supervisor enforces the timeout inside; this backstop covers a supervisor that
     // cannot (stopped, starved): past it the whole container is killed.
     let backstopFired = false;
@@ -371,6 +394,24 @@ export class Sandbox {
       outcome: failure ? "error" : "ok",
     });
     if (failure) throw asCorralError(failure);
+  }
+}
+
+/** Write a program's stdin once it started, then close it; errors mean it already exited. */
+async function feedStdin(
+  handle: { started: Promise<number>; writeStdin(d: Buffer | string): void; closeStdin(): void },
+  input: Buffer | string | AsyncIterable<Buffer | string>,
+): Promise<void> {
+  try {
+    await handle.started;
+    if (typeof input === "string" || Buffer.isBuffer(input)) {
+      if (input.length > 0) handle.writeStdin(input);
+    } else {
+      for await (const chunk of input) handle.writeStdin(chunk);
+    }
+    handle.closeStdin();
+  } catch {
+    // the program is gone (or never started): its exit is what the caller sees
   }
 }
 

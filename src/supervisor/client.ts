@@ -6,11 +6,15 @@ import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CorralError } from "../core/errors.js";
 import {
+  type CallDone,
+  decodeCallDone,
   decodeError,
   decodeExit,
   decodeProbe,
   Ev,
   type ExitInfo,
+  encodeContextExec,
+  encodeContextStart,
   encodeFrame,
   encodeSpawn,
   encodeWriteFile,
@@ -21,7 +25,40 @@ import {
   u32,
 } from "./protocol.js";
 
-export type { ExitInfo } from "./protocol.js";
+export type { CallDone, ExitInfo } from "./protocol.js";
+
+export interface ContextStartOptions {
+  argv: readonly string[];
+  env: Readonly<Record<string, string>>;
+  cwd: string;
+  /** Sent to the kernel at a call's deadline (SIGINT for Python); 0 for none. */
+  interruptSignal: number;
+  /** Kernel events that arrive while no call is running (a kernel's "ready"). */
+  onIdleMessage?: (payload: Buffer) => void;
+}
+
+export interface CallHandlers {
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  onMessage?: (payload: Buffer) => void;
+}
+
+/**
+ * One context (a long-lived kernel under its own keeper) on the supervisor. Calls run
+ * one at a time; the supervisor refuses a second with EBUSY, and the host side never
+ * sends one.
+ */
+export interface ContextChannel {
+  channel: number;
+  /** The kernel's pid in the sandbox, once it was exec'd. */
+  started: Promise<number>;
+  /** Once the kernel and everything it started are gone. */
+  exited: Promise<ExitInfo>;
+  /** Send one request; resolves when the kernel said END or the call was ended for it. */
+  call(request: Buffer, timeoutMs: number, handlers: CallHandlers): Promise<CallDone>;
+  signal(signo: number): void;
+  stop(): void;
+}
 
 /** An ERROR event from the supervisor about one request: the errno it carried is kept. */
 export class SupervisorRequestError extends CorralError {
@@ -320,6 +357,105 @@ export class SupervisorClient {
       },
       closeStdin: () => this.send(Req.STDIN_CLOSE, channel),
       signal: (signo) => this.send(Req.SIGNAL, channel, u32(signo)),
+    };
+  }
+
+  startContext(opts: ContextStartOptions): ContextChannel {
+    const channel = this.allocChannel();
+    const started = deferred<number>();
+    const exited = deferred<ExitInfo>();
+    let isStarted = false;
+    let active: { handlers: CallHandlers; d: Deferred<CallDone> } | null = null;
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        switch (f.type) {
+          case Ev.STARTED:
+            isStarted = true;
+            started.resolve(f.payload.readUInt32BE(0));
+            break;
+          case Ev.STDOUT:
+            active?.handlers.onStdout?.(f.payload);
+            break;
+          case Ev.STDERR:
+            active?.handlers.onStderr?.(f.payload);
+            break;
+          case Ev.CTX_MSG:
+            if (active) active.handlers.onMessage?.(f.payload);
+            else opts.onIdleMessage?.(f.payload);
+            break;
+          case Ev.CTX_DONE: {
+            const call = active;
+            active = null;
+            call?.d.resolve(decodeCallDone(f.payload));
+            break;
+          }
+          case Ev.CTX_EXIT:
+            this.channels.delete(channel);
+            exited.resolve(decodeExit(f.payload));
+            break;
+          case Ev.ERROR: {
+            const e = decodeError(f.payload);
+            const err = new SupervisorRequestError(e.errno, e.message);
+            if (!isStarted) {
+              this.channels.delete(channel);
+              started.reject(err);
+              exited.reject(err);
+            } else if (active) {
+              const call = active;
+              active = null;
+              call.d.reject(err);
+            }
+            break;
+          }
+          default:
+            break;
+        }
+      },
+      fail: (err) => {
+        started.reject(err);
+        exited.reject(err);
+        active?.d.reject(err);
+        active = null;
+      },
+    });
+    try {
+      this.send(
+        Req.CTX_START,
+        channel,
+        encodeContextStart({
+          argv: opts.argv,
+          env: opts.env,
+          cwd: opts.cwd,
+          interruptSignal: opts.interruptSignal,
+        }),
+      );
+    } catch (err) {
+      this.channels.delete(channel);
+      started.reject(err as Error);
+      exited.reject(err as Error);
+    }
+    return {
+      channel,
+      started: started.promise,
+      exited: exited.promise,
+      call: (request, timeoutMs, handlers) => {
+        if (active) {
+          return Promise.reject(new CorralError("busy", "the context is already running a call"));
+        }
+        const d = deferred<CallDone>();
+        active = { handlers, d };
+        try {
+          this.send(Req.CTX_EXEC, channel, encodeContextExec(timeoutMs, request));
+        } catch (err) {
+          active = null;
+          d.reject(err as Error);
+        }
+        return d.promise;
+      },
+      signal: (signo) => this.send(Req.SIGNAL, channel, u32(signo)),
+      stop: () => {
+        if (!this.closedError) this.send(Req.CTX_STOP, channel);
+      },
     };
   }
 

@@ -19,6 +19,9 @@ export const Req = {
   WRITE_FILE: 0x14,
   KILL_ALL: 0x15,
   SHUTDOWN: 0x16,
+  CTX_START: 0x20,
+  CTX_EXEC: 0x21,
+  CTX_STOP: 0x22,
 } as const;
 
 export const Ev = {
@@ -29,8 +32,16 @@ export const Ev = {
   STDOUT: 0x92,
   STDERR: 0x93,
   EXIT: 0x94,
+  CTX_MSG: 0x95,
+  CTX_DONE: 0x96,
+  CTX_EXIT: 0x97,
   ERROR: 0xa0,
 } as const;
+
+/** CTX_DONE flags. */
+export const DONE_TIMED_OUT = 1;
+export const DONE_KERNEL_LOST = 2;
+export const DONE_SANDBOX_KILLED = 4;
 
 export const SPAWN_STDIN_PIPE = 1;
 
@@ -73,7 +84,12 @@ export interface SpawnPayload {
   stdinPipe: boolean;
 }
 
-export function encodeSpawn(req: SpawnPayload): Buffer {
+/** The header words of SPAWN and CTX_START differ; the strings that follow do not. */
+function encodeExecStrings(
+  word0: number,
+  word1: number,
+  req: { argv: readonly string[]; env: Readonly<Record<string, string>>; cwd: string },
+): Buffer {
   const env = Object.entries(req.env).map(([k, v]) => {
     if (k.length === 0 || k.includes("="))
       throw new RangeError(`invalid environment variable name: ${JSON.stringify(k)}`);
@@ -83,11 +99,58 @@ export function encodeSpawn(req: SpawnPayload): Buffer {
     throw new RangeError("argv must have 1 to 65535 entries and env at most 65535");
   }
   const head = Buffer.alloc(12);
-  head.writeUInt32BE(req.stdinPipe ? SPAWN_STDIN_PIPE : 0, 0);
-  head.writeUInt32BE(Math.max(0, Math.min(0xffffffff, Math.round(req.timeoutMs))), 4);
+  head.writeUInt32BE(word0 >>> 0, 0);
+  head.writeUInt32BE(word1 >>> 0, 4);
   head.writeUInt16BE(req.argv.length, 8);
   head.writeUInt16BE(env.length, 10);
   return Buffer.concat([head, cstring(req.cwd), ...req.argv.map(cstring), ...env.map(cstring)]);
+}
+
+function clampMs(ms: number): number {
+  return Math.max(0, Math.min(0xffffffff, Math.round(ms)));
+}
+
+export function encodeSpawn(req: SpawnPayload): Buffer {
+  return encodeExecStrings(req.stdinPipe ? SPAWN_STDIN_PIPE : 0, clampMs(req.timeoutMs), req);
+}
+
+export interface ContextStartPayload {
+  argv: readonly string[];
+  env: Readonly<Record<string, string>>;
+  cwd: string;
+  /** Sent to the kernel when a call passes its deadline (0: none, the sweeps only). */
+  interruptSignal: number;
+}
+
+export function encodeContextStart(req: ContextStartPayload): Buffer {
+  return encodeExecStrings(0, req.interruptSignal, req);
+}
+
+export function encodeContextExec(timeoutMs: number, request: Buffer): Buffer {
+  return Buffer.concat([u32(clampMs(timeoutMs)), request]);
+}
+
+export interface CallDone {
+  timedOut: boolean;
+  /** The kernel was killed or died: the context's state is gone. */
+  kernelLost: boolean;
+  /** The call's processes outlived the sweeps: the supervisor is killing the sandbox. */
+  sandboxKilled: boolean;
+  /** How many of the call's processes the sweeps killed. */
+  swept: number;
+  wallUs: number;
+}
+
+export function decodeCallDone(p: Buffer): CallDone {
+  if (p.length !== 16) throw new RangeError(`CTX_DONE payload of ${p.length} bytes (expected 16)`);
+  const flags = p.readUInt32BE(0);
+  return {
+    timedOut: (flags & DONE_TIMED_OUT) !== 0,
+    kernelLost: (flags & DONE_KERNEL_LOST) !== 0,
+    sandboxKilled: (flags & DONE_SANDBOX_KILLED) !== 0,
+    swept: p.readUInt32BE(4),
+    wallUs: Number(p.readBigUInt64BE(8)),
+  };
 }
 
 export function encodeWriteFile(file: string, data: Buffer, mode: number): Buffer {

@@ -20,6 +20,7 @@ const input = {
   spec,
   rootfs: "/data/sandboxes/sb-000000000001/rootfs",
   supervisorHostPath: "/data/bin/corral-supervisor-abc",
+  kernelsHostDir: "/data/bin/kernels-abc",
   cgroupsPath: "/corral-tag-sb-000000000001",
   swapAccounting: true,
 };

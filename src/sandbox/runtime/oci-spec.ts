@@ -7,6 +7,8 @@ import { buildSeccompProfile, type OciSeccomp } from "./seccomp.js";
 
 /** Where the supervisor binary appears inside the sandbox (read-only bind mount). */
 export const SUPERVISOR_PATH_IN_SANDBOX = "/.corral/supervisor";
+/** Where the kernel drivers appear inside the sandbox (read-only bind mount). */
+export const KERNELS_DIR_IN_SANDBOX = "/.corral/kernels";
 
 export interface OciMount {
   destination: string;
@@ -80,6 +82,7 @@ export interface OciSpecInput {
   spec: SandboxSpec;
   rootfs: string; // the host path of the sandbox's root (the overlay mount point)
   supervisorHostPath: string; // the host path of the static supervisor binary
+  kernelsHostDir: string; // the host directory of the kernel drivers
   cgroupsPath: string; // e.g. /corral-<data tag>-<id>: owned by the data directory
   /** Whether the host can limit swap (cgroup v1 needs memsw accounting). */
   swapAccounting: boolean;
@@ -133,6 +136,13 @@ export function buildOciSpec(input: OciSpecInput): OciConfig {
       destination: SUPERVISOR_PATH_IN_SANDBOX,
       type: "bind",
       source: input.supervisorHostPath,
+      options: ["bind", "ro", "nosuid", "nodev"],
+    },
+    // The kernel drivers (Python, shell): read-only, so a context cannot alter another's.
+    {
+      destination: KERNELS_DIR_IN_SANDBOX,
+      type: "bind",
+      source: input.kernelsHostDir,
       options: ["bind", "ro", "nosuid", "nodev"],
     },
   ];

@@ -20,6 +20,7 @@
  * Build: gcc -std=c11 -static -O2 -Wall -Wextra -Werror (scripts/build-supervisor.mjs).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -63,13 +64,26 @@ enum {
     REQ_HELLO = 0x01, REQ_PROBE = 0x02, REQ_SPAWN = 0x10, REQ_STDIN = 0x11,
     REQ_STDIN_CLOSE = 0x12, REQ_SIGNAL = 0x13, REQ_WRITE_FILE = 0x14,
     REQ_KILL_ALL = 0x15, REQ_SHUTDOWN = 0x16,
+    REQ_CTX_START = 0x20, REQ_CTX_EXEC = 0x21, REQ_CTX_STOP = 0x22,
     EV_HELLO_OK = 0x81, EV_PROBE_REPORT = 0x82, EV_STARTED = 0x90, EV_OK = 0x91,
-    EV_STDOUT = 0x92, EV_STDERR = 0x93, EV_EXIT = 0x94, EV_ERROR = 0xA0,
+    EV_STDOUT = 0x92, EV_STDERR = 0x93, EV_EXIT = 0x94,
+    EV_CTX_MSG = 0x95, EV_CTX_DONE = 0x96, EV_CTX_EXIT = 0x97, EV_ERROR = 0xA0,
 };
+
+/* Frames a kernel writes on its event pipe (fd 4): u32 length, u8 type, payload. */
+enum { KMSG_EVENT = 1, KMSG_END = 2 };
+/* CTX_DONE flags. */
+enum { DONE_TIMED_OUT = 1, DONE_KERNEL_LOST = 2, DONE_SANDBOX_KILLED = 4 };
+/* After a call's deadline: sweep the call's new processes this often, for this long. */
+#define SWEEP_INTERVAL_MS 50
+#define SWEEP_WINDOW_MS 1000
+/* The largest frame a kernel may send; a larger one is a broken kernel. */
+#define MAX_KERNEL_FRAME (MAX_PAYLOAD - 64)
 #define SPAWN_STDIN_PIPE 1u
 
-/* Where a child failed before exec; reported through the status pipe. */
-enum { STAGE_SETUP = 1, STAGE_CHDIR = 2, STAGE_EXEC = 3 };
+/* Where a child failed before exec; reported through the status pipe. A context's
+ * keeper first reports its kernel's pid (STAGE_PID). */
+enum { STAGE_SETUP = 1, STAGE_CHDIR = 2, STAGE_EXEC = 3, STAGE_PID = 4 };
 
 struct proc {
     int used;
@@ -87,6 +101,21 @@ struct proc {
     int64_t deadline_ms;     /* CLOCK_MONOTONIC; 0 = no timeout */
     int status;
     struct rusage ru;
+
+    /* A context (CTX_START): `pid` is its keeper, a child subreaper under which the
+     * kernel and everything the kernel starts lives; in_fd feeds the kernel's request
+     * pipe (fd 3 in the kernel) and evt_fd reads its event pipe (fd 4). */
+    int is_ctx;
+    pid_t kernel_pid;
+    int interrupt_sig;       /* sent to the kernel at a call's deadline; 0 = none */
+    int evt_fd;
+    unsigned char *evt_buf;
+    size_t evt_len, evt_cap;
+    /* The call in progress (at most one per context). */
+    int call_active, call_end_seen, call_timed_out, call_last_swept;
+    uint32_t call_swept;     /* processes killed by the sweeps */
+    int64_t call_start_us, call_deadline_ms, call_sweep_until_ms, call_next_sweep_ms;
+    unsigned long long call_start_ticks; /* CLOCK_BOOTTIME in clock ticks, as /proc/PID/stat */
 };
 
 static struct proc procs[MAX_PROCS];
@@ -161,6 +190,12 @@ static struct proc *find_pid(pid_t pid)
     return NULL;
 }
 
+static void reset_slot(struct proc *p)
+{
+    memset(p, 0, sizeof *p);
+    p->out_fd = p->err_fd = p->in_fd = p->evt_fd = -1;
+}
+
 static void discard_stdin(struct proc *p)
 {
     stdin_buffered -= p->in_len - p->in_off;
@@ -200,12 +235,130 @@ static void on_sigchld(void)
     reap_children();
 }
 
+static unsigned long long boottime_ticks(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0)
+        hz = 100;
+    return (unsigned long long)ts.tv_sec * (unsigned long long)hz +
+           (unsigned long long)ts.tv_nsec / (1000000000ull / (unsigned long long)hz);
+}
+
+/*
+ * Kill the processes that a context's current call started: every descendant of the
+ * context's keeper, other than the kernel itself, whose start time is not before the
+ * call's. Orphans are reparented to the keeper (a child subreaper), so the ancestry
+ * walk finds daemons that setsid'd and double-forked too. Processes that earlier calls
+ * started (a server in the background) are older and left alone. Returns how many
+ * processes were signalled. Kills only; never sends.
+ */
+#define SWEEP_MAX 65536
+static int sweep_call(struct proc *ctx)
+{
+    static pid_t pids[SWEEP_MAX], ppids[SWEEP_MAX];
+    static unsigned long long starts[SWEEP_MAX];
+    int n = 0;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    struct dirent *e;
+    char path[300], buf[1024];
+    while ((e = readdir(d)) != NULL && n < SWEEP_MAX) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        /* The command name may hold spaces and parentheses: fields resume after the last ')'. */
+        char *rp = strrchr(buf, ')');
+        if (!rp)
+            continue;
+        char *f = rp + 2; /* field 3, the state */
+        int field = 3;
+        long ppid = -1;
+        unsigned long long start = 0;
+        for (char *tok = f; tok && *tok; field++) {
+            if (field == 4)
+                ppid = strtol(tok, NULL, 10);
+            if (field == 22) {
+                start = strtoull(tok, NULL, 10);
+                break;
+            }
+            tok = strchr(tok, ' ');
+            if (tok)
+                tok++;
+        }
+        if (field != 22 || ppid < 0)
+            continue;
+        pids[n] = (pid_t)strtol(e->d_name, NULL, 10);
+        ppids[n] = (pid_t)ppid;
+        starts[n] = start;
+        n++;
+    }
+    closedir(d);
+    int killed = 0;
+    for (int i = 0; i < n; i++) {
+        if (pids[i] == ctx->pid || pids[i] == ctx->kernel_pid || starts[i] < ctx->call_start_ticks)
+            continue;
+        /* Is the keeper an ancestor? Walk up at most 256 links (a cycle cannot occur, but
+         * a process list read over time is not a consistent snapshot). */
+        pid_t up = ppids[i];
+        int found = 0;
+        for (int depth = 0; depth < 256 && up > 1; depth++) {
+            if (up == ctx->pid) {
+                found = 1;
+                break;
+            }
+            int j = 0;
+            while (j < n && pids[j] != up)
+                j++;
+            if (j == n)
+                break;
+            up = ppids[j];
+        }
+        if (found && kill(pids[i], SIGKILL) == 0)
+            killed++;
+    }
+    return killed;
+}
+
+/* A context's call passed its deadline, or is being swept after it: interrupt the kernel
+ * once, then kill the call's new processes every SWEEP_INTERVAL_MS. Kills only. */
+static void enforce_call_deadline(struct proc *p, int64_t now)
+{
+    if (!p->call_active || p->reaped)
+        return;
+    if (!p->call_timed_out) {
+        if (p->call_deadline_ms == 0 || now < p->call_deadline_ms)
+            return;
+        p->call_timed_out = 1;
+        p->call_sweep_until_ms = now + SWEEP_WINDOW_MS;
+        if (p->interrupt_sig > 0)
+            kill(p->kernel_pid, p->interrupt_sig);
+    } else if (now < p->call_next_sweep_ms) {
+        return;
+    }
+    p->call_last_swept = sweep_call(p);
+    p->call_swept += (uint32_t)p->call_last_swept;
+    p->call_next_sweep_ms = now + SWEEP_INTERVAL_MS;
+}
+
 /* Kills only; never sends. The EXIT (timed_out = 1) follows when the child is reaped. */
 static void enforce_timeouts(void)
 {
     int64_t now = now_ms();
     for (int i = 0; i < MAX_PROCS; i++) {
         struct proc *p = &procs[i];
+        if (p->used && p->is_ctx)
+            enforce_call_deadline(p, now);
         if (!p->used || p->reaped || p->deadline_ms == 0 || now < p->deadline_ms)
             continue;
         /* The group catches its descendants; the pid catches a child that left its group. */
@@ -221,9 +374,14 @@ static int next_timeout_ms(void)
     int64_t best = -1, now = now_ms();
     for (int i = 0; i < MAX_PROCS; i++) {
         struct proc *p = &procs[i];
-        if (!p->used || p->reaped || p->deadline_ms == 0)
+        if (!p->used || p->reaped)
             continue;
-        int64_t left = p->deadline_ms > now ? p->deadline_ms - now : 0;
+        int64_t at = p->deadline_ms;
+        if (p->is_ctx && p->call_active)
+            at = p->call_timed_out ? p->call_next_sweep_ms : p->call_deadline_ms;
+        if (at == 0)
+            continue;
+        int64_t left = at > now ? at - now : 0;
         if (best < 0 || left < best)
             best = left;
     }
@@ -393,30 +551,174 @@ static void drain_output(struct proc *p, int *fd, uint8_t type)
     close_fd(fd);
 }
 
+static void encode_exit(unsigned char ev[40], const struct proc *p)
+{
+    int signaled = WIFSIGNALED(p->status);
+    ev[0] = signaled ? 1 : 0;
+    ev[1] = p->timed_out ? 1 : 0;
+    put_u16(ev + 2, 0);
+    put_u32(ev + 4, (uint32_t)(signaled ? WTERMSIG(p->status) : WEXITSTATUS(p->status)));
+    put_u64(ev + 8, (uint64_t)(p->end_us - p->start_us));
+    put_u64(ev + 16, timeval_us(p->ru.ru_utime));
+    put_u64(ev + 24, timeval_us(p->ru.ru_stime));
+    put_u64(ev + 32, (uint64_t)p->ru.ru_maxrss); /* KiB on Linux */
+}
+
+/* Forward what is already in a pipe without waiting or closing it: a context's output
+ * written before its kernel said END must reach the host before CTX_DONE does. */
+static void drain_available(struct proc *p, int fd, uint8_t type)
+{
+    size_t total = 0;
+    while (fd >= 0 && total < DRAIN_CAP) {
+        ssize_t n = read(fd, iobuf, CHUNK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        total += (size_t)n;
+        if (p->attached)
+            send_simple(type, p->channel, iobuf, (size_t)n);
+    }
+}
+
+static void send_call_done(struct proc *p, unsigned flags)
+{
+    drain_available(p, p->out_fd, EV_STDOUT);
+    drain_available(p, p->err_fd, EV_STDERR);
+    if (p->call_timed_out)
+        flags |= DONE_TIMED_OUT;
+    p->call_active = 0;
+    if (!p->attached)
+        return;
+    unsigned char ev[16];
+    put_u32(ev, flags);
+    put_u32(ev + 4, p->call_swept);
+    put_u64(ev + 8, (uint64_t)(now_us() - p->call_start_us));
+    send_simple(EV_CTX_DONE, p->channel, ev, sizeof ev);
+}
+
 static void finish_reaped(void)
 {
     for (int i = 0; i < MAX_PROCS; i++) {
         struct proc *p = &procs[i];
         if (!p->used || !p->reaped)
             continue;
+        if (p->is_ctx) {
+            /* The keeper exits only once its whole tree is gone. Should user code have
+             * killed the keeper itself, its kernel was reparented to us: end it too. */
+            kill(p->kernel_pid, SIGKILL);
+            if (p->call_active)
+                send_call_done(p, DONE_KERNEL_LOST);
+            close_fd(&p->evt_fd);
+            free(p->evt_buf);
+        }
         drain_output(p, &p->out_fd, EV_STDOUT);
         drain_output(p, &p->err_fd, EV_STDERR);
         discard_stdin(p);
         if (p->attached) {
             unsigned char ev[40];
-            int signaled = WIFSIGNALED(p->status);
-            ev[0] = signaled ? 1 : 0;
-            ev[1] = p->timed_out ? 1 : 0;
-            put_u16(ev + 2, 0);
-            put_u32(ev + 4, (uint32_t)(signaled ? WTERMSIG(p->status) : WEXITSTATUS(p->status)));
-            put_u64(ev + 8, (uint64_t)(p->end_us - p->start_us));
-            put_u64(ev + 16, timeval_us(p->ru.ru_utime));
-            put_u64(ev + 24, timeval_us(p->ru.ru_stime));
-            put_u64(ev + 32, (uint64_t)p->ru.ru_maxrss); /* KiB on Linux */
-            send_simple(EV_EXIT, p->channel, ev, sizeof ev);
+            encode_exit(ev, p);
+            send_simple(p->is_ctx ? EV_CTX_EXIT : EV_EXIT, p->channel, ev, sizeof ev);
         }
-        memset(p, 0, sizeof *p);
-        p->out_fd = p->err_fd = p->in_fd = -1;
+        reset_slot(p);
+    }
+}
+
+/* Kill a context's kernel; its keeper then kills what is left of the tree and exits. */
+static void kill_context(struct proc *p)
+{
+    kill(-p->kernel_pid, SIGKILL);
+    kill(p->kernel_pid, SIGKILL);
+}
+
+/*
+ * Decisions about a context's call that send frames (never called while a send is in
+ * progress): the call is done when the kernel said END and, after a deadline, a sweep
+ * found nothing left to kill. If the kernel does not answer within the sweep window it
+ * is killed (its state is lost); if the call's processes outlive the window (a fork
+ * bomb outrunning the sweeps), the whole sandbox is killed: the supervisor exits, and
+ * the container with it.
+ */
+static void advance_calls(void)
+{
+    int64_t now = now_ms();
+    for (int i = 0; i < MAX_PROCS; i++) {
+        struct proc *p = &procs[i];
+        if (!p->used || !p->is_ctx || !p->call_active || p->reaped)
+            continue;
+        if (p->call_end_seen && (!p->call_timed_out || p->call_last_swept == 0)) {
+            send_call_done(p, 0);
+            continue;
+        }
+        if (!p->call_timed_out || now < p->call_sweep_until_ms)
+            continue;
+        if (!p->call_end_seen) {
+            kill_context(p);
+            send_call_done(p, DONE_KERNEL_LOST);
+        } else {
+            send_call_done(p, DONE_SANDBOX_KILLED);
+            if (getpid() == 1) {
+                kill(-1, SIGKILL);
+                exit(3);
+            }
+            kill_context(p);
+        }
+    }
+}
+
+/* Read a kernel's event pipe: forward EVENT frames, note END. A malformed frame (user
+ * code wrote garbage to fd 4) ends the context: nothing the kernel says can be trusted. */
+static void read_kernel_events(struct proc *p)
+{
+    if (p->evt_cap - p->evt_len < CHUNK) {
+        size_t cap = p->evt_cap ? p->evt_cap * 2 : 2 * CHUNK;
+        while (cap - p->evt_len < CHUNK)
+            cap *= 2;
+        unsigned char *nb = realloc(p->evt_buf, cap);
+        if (!nb) {
+            kill_context(p);
+            return;
+        }
+        p->evt_buf = nb;
+        p->evt_cap = cap;
+    }
+    ssize_t n = read(p->evt_fd, p->evt_buf + p->evt_len, p->evt_cap - p->evt_len);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        close_fd(&p->evt_fd); /* the kernel is gone; the keeper's exit follows */
+        return;
+    }
+    p->evt_len += (size_t)n;
+    size_t off = 0;
+    while (p->evt_len - off >= 5) {
+        uint32_t len = get_u32(p->evt_buf + off);
+        uint8_t type = p->evt_buf[off + 4];
+        if (len > MAX_KERNEL_FRAME || (type != KMSG_EVENT && type != KMSG_END)) {
+            kill_context(p);
+            close_fd(&p->evt_fd);
+            p->evt_len = 0;
+            return;
+        }
+        if (p->evt_len - off < 5 + (size_t)len)
+            break;
+        /* Forwarded with its type byte: END carries the call's outcome as the kernel
+         * sees it (an exit status, an execution count). */
+        if (p->attached) {
+            struct iovec parts[2] = { { p->evt_buf + off + 4, 1 }, { p->evt_buf + off + 5, len } };
+            send_frame(EV_CTX_MSG, p->channel, parts, 2);
+        }
+        if (type == KMSG_END && p->call_active)
+            p->call_end_seen = 1;
+        off += 5 + (size_t)len;
+    }
+    memmove(p->evt_buf, p->evt_buf + off, p->evt_len - off);
+    p->evt_len -= off;
+    /* A big image came through: do not keep its buffer for the rest of the session. */
+    if (p->evt_len == 0 && p->evt_cap > 4 * CHUNK) {
+        free(p->evt_buf);
+        p->evt_buf = NULL;
+        p->evt_cap = 0;
     }
 }
 
@@ -513,8 +815,15 @@ static void report_child_failure(int status_fd, int stage, int err)
     _exit(127);
 }
 
-static void child_exec(int status_fd, int stdin_fd, int out_fd, int err_fd, const char *cwd,
-                       char *const argv[], char *const envp[], const char *path)
+/* The descriptors a child starts with: 0..2, and for a kernel 3 (requests) and 4
+ * (events). Each is first moved above them all, so that no dup2 clobbers a source. */
+struct child_fds {
+    int fd[5];
+    int count;
+};
+
+static void child_exec(int status_fd, struct child_fds fds, const char *cwd, char *const argv[],
+                       char *const envp[], const char *path)
 {
     /* Non-dumpable /proc files belong to root, which would make our own
      * oom_score_adj unwritable for a non-root sandbox user. This process is about to
@@ -539,14 +848,21 @@ static void child_exec(int status_fd, int stdin_fd, int out_fd, int err_fd, cons
     sigemptyset(&empty);
     sigprocmask(SIG_SETMASK, &empty, NULL);
 
-    if (dup2(stdin_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
-        report_child_failure(status_fd, STAGE_SETUP, errno);
+    status_fd = fcntl(status_fd, F_DUPFD_CLOEXEC, 16);
+    if (status_fd < 0)
+        _exit(127);
+    for (int i = 0; i < fds.count; i++)
+        if ((fds.fd[i] = fcntl(fds.fd[i], F_DUPFD_CLOEXEC, 16)) < 0)
+            report_child_failure(status_fd, STAGE_SETUP, errno);
+    for (int i = 0; i < fds.count; i++)
+        if (dup2(fds.fd[i], i) < 0)
+            report_child_failure(status_fd, STAGE_SETUP, errno);
     if (chdir(cwd) < 0)
         report_child_failure(status_fd, STAGE_CHDIR, errno);
     /* Everything of ours is already O_CLOEXEC; this also covers anything we missed.
      * The status pipe must stay open until exec, hence CLOEXEC, not close. */
-    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
-        for (int fd = 3; fd < 4096; fd++)
+    if (close_range((unsigned)fds.count, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+        for (int fd = fds.count; fd < 4096; fd++)
             if (fd != status_fd)
                 fcntl(fd, F_SETFD, FD_CLOEXEC);
     }
@@ -744,53 +1060,85 @@ static void close_pair(int fds[2])
     close_fd(&fds[1]);
 }
 
+/* cwd, argv and env of a SPAWN or CTX_START, pointing into the request payload. */
+struct exec_args {
+    const char *cwd;
+    char **argv;
+    char **envp;
+    const char *path; /* the request's PATH, else DEFAULT_PATH */
+};
+
+static void free_exec_args(struct exec_args *a)
+{
+    free(a->argv);
+    free(a->envp);
+    a->argv = a->envp = NULL;
+}
+
+/* The strings are cwd, argv[], env[]: each must end inside the payload, and nothing may
+ * follow the last one. Returns 0, -1 for a malformed payload, or an errno. */
+static int parse_exec_args(const unsigned char *cur, const unsigned char *end, unsigned argc,
+                           unsigned envc, struct exec_args *a)
+{
+    static const char *strs[1 + 65535 + 65535]; /* 1 MiB: too large for the stack */
+    for (unsigned i = 0; i < 1 + argc + envc; i++) {
+        const unsigned char *nul = memchr(cur, 0, (size_t)(end - cur));
+        if (!nul)
+            return -1;
+        strs[i] = (const char *)cur;
+        cur = nul + 1;
+    }
+    if (cur != end)
+        return -1;
+    if (argc == 0)
+        return EINVAL;
+    a->argv = calloc(argc + 1, sizeof *a->argv);
+    a->envp = calloc(envc + 1, sizeof *a->envp);
+    if (!a->argv || !a->envp) {
+        free_exec_args(a);
+        return ENOMEM;
+    }
+    a->cwd = strs[0];
+    a->path = DEFAULT_PATH;
+    for (unsigned i = 0; i < argc; i++)
+        a->argv[i] = (char *)strs[1 + i];
+    for (unsigned i = 0; i < envc; i++) {
+        a->envp[i] = (char *)strs[1 + argc + i];
+        if (strncmp(a->envp[i], "PATH=", 5) == 0)
+            a->path = a->envp[i] + 5;
+    }
+    return 0;
+}
+
 static void handle_spawn(uint32_t channel, const unsigned char *p, uint32_t len)
 {
     if (len < 12)
         return mark_malformed();
     uint32_t flags = get_u32(p), timeout_ms = get_u32(p + 4);
     unsigned argc = get_u16(p + 8), envc = get_u16(p + 10);
-    /* The strings are cwd, argv[], env[]: each must end inside the payload, and
-     * nothing may follow the last one. */
-    static const char *strs[1 + 65535 + 65535]; /* 1 MiB: too large for the stack */
-    const unsigned char *cur = p + 12, *end = p + len;
-    for (unsigned i = 0; i < 1 + argc + envc; i++) {
-        const unsigned char *nul = memchr(cur, 0, (size_t)(end - cur));
-        if (!nul)
-            return mark_malformed();
-        strs[i] = (const char *)cur;
-        cur = nul + 1;
-    }
-    if (cur != end)
+    struct exec_args a = { 0 };
+    int perr = parse_exec_args(p + 12, p + len, argc, envc, &a);
+    if (perr < 0)
         return mark_malformed();
 
-    if (channel == 0)
-        return send_error(channel, EINVAL, "SPAWN needs a non-zero channel");
-    if (find_channel(channel))
-        return send_error(channel, EBUSY, "channel %u is in use", channel);
-    if (flags & ~SPAWN_STDIN_PIPE)
-        return send_error(channel, EINVAL, "unknown SPAWN flags 0x%x", flags);
-    if (argc == 0)
-        return send_error(channel, EINVAL, "argv is empty");
+    if (channel == 0 || find_channel(channel) || (flags & ~SPAWN_STDIN_PIPE) || perr) {
+        free_exec_args(&a);
+        if (channel == 0)
+            return send_error(channel, EINVAL, "SPAWN needs a non-zero channel");
+        if (find_channel(channel))
+            return send_error(channel, EBUSY, "channel %u is in use", channel);
+        if (flags & ~SPAWN_STDIN_PIPE)
+            return send_error(channel, EINVAL, "unknown SPAWN flags 0x%x", flags);
+        return send_error(channel, perr, perr == EINVAL ? "argv is empty" : "out of memory");
+    }
     struct proc *slot = free_slot();
-    if (!slot)
+    if (!slot) {
+        free_exec_args(&a);
         return send_error(channel, EAGAIN, "too many processes (limit %d)", MAX_PROCS);
-
-    char **argv = calloc(argc + 1, sizeof *argv);
-    char **envp = calloc(envc + 1, sizeof *envp);
-    if (!argv || !envp) {
-        free(argv);
-        free(envp);
-        return send_error(channel, ENOMEM, "out of memory");
     }
-    const char *path = DEFAULT_PATH; /* only when the request's env has no PATH */
-    for (unsigned i = 0; i < argc; i++)
-        argv[i] = (char *)strs[1 + i];
-    for (unsigned i = 0; i < envc; i++) {
-        envp[i] = (char *)strs[1 + argc + i];
-        if (strncmp(envp[i], "PATH=", 5) == 0)
-            path = envp[i] + 5;
-    }
+    char **argv = a.argv, **envp = a.envp;
+    const char *path = a.path;
+    const char *strs0 = a.cwd, *argv0 = a.argv[0]; /* both point into the payload */
 
     int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, st[2] = { -1, -1 };
     if (((flags & SPAWN_STDIN_PIPE) && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
@@ -803,7 +1151,8 @@ static void handle_spawn(uint32_t channel, const unsigned char *p, uint32_t len)
     int64_t start = now_us();
     pid_t pid = fork();
     if (pid == 0)
-        child_exec(st[1], in[0] >= 0 ? in[0] : devnull_fd, out[1], err[1], strs[0], argv, envp, path);
+        child_exec(st[1], (struct child_fds){ { in[0] >= 0 ? in[0] : devnull_fd, out[1], err[1] }, 3 },
+                   strs0, argv, envp, path);
     int fork_err = errno;
     free(argv);
     free(envp);
@@ -826,9 +1175,9 @@ static void handle_spawn(uint32_t channel, const unsigned char *p, uint32_t len)
         close_pair(in), close_pair(out), close_pair(err);
         int e = msg[1];
         if (msg[0] == STAGE_EXEC)
-            return send_error(channel, e, "exec %s: %s", strs[1], strerror(e));
+            return send_error(channel, e, "exec %s: %s", argv0, strerror(e));
         if (msg[0] == STAGE_CHDIR)
-            return send_error(channel, e, "chdir %s: %s", strs[0], strerror(e));
+            return send_error(channel, e, "chdir %s: %s", strs0, strerror(e));
         return send_error(channel, e, "spawn setup: %s", strerror(e));
     }
 
@@ -838,7 +1187,7 @@ static void handle_spawn(uint32_t channel, const unsigned char *p, uint32_t len)
     fcntl(err[0], F_SETFL, O_NONBLOCK);
     if (in[1] >= 0)
         fcntl(in[1], F_SETFL, O_NONBLOCK);
-    memset(slot, 0, sizeof *slot);
+    reset_slot(slot);
     slot->used = 1;
     slot->attached = 1;
     slot->channel = channel;
@@ -890,7 +1239,10 @@ static void handle_signal(uint32_t channel, const unsigned char *p, uint32_t len
     struct proc *proc = find_channel(channel);
     if (!proc || proc->reaped)
         return; /* already exited: a race, not an error */
-    kill(-proc->pid, (int)sig);
+    if (proc->is_ctx)
+        kill(proc->kernel_pid, (int)sig); /* an interrupt is for the kernel, not its keeper */
+    else
+        kill(-proc->pid, (int)sig);
 }
 
 /* mkdir -p of every parent of an absolute path. */
@@ -1003,6 +1355,244 @@ static void handle_shutdown(uint32_t len)
     exit(0);
 }
 
+/* ---------------------------------------------------------------- contexts */
+
+/* Children of this process, by a scan of /proc (the keeper kills what is left). */
+static int kill_own_children(void)
+{
+    int killed = 0;
+    pid_t self = getpid();
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    struct dirent *e;
+    char path[300], buf[512];
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        char *rp = strrchr(buf, ')');
+        if (!rp || strlen(rp) < 4)
+            continue;
+        long ppid = strtol(strchr(rp + 2, ' ') ? strchr(rp + 2, ' ') + 1 : "", NULL, 10);
+        if (ppid == self && kill((pid_t)strtol(e->d_name, NULL, 10), SIGKILL) == 0)
+            killed++;
+    }
+    closedir(d);
+    return killed;
+}
+
+/*
+ * A context's keeper: a child subreaper between the supervisor and the kernel. Every
+ * process the kernel starts that loses its parent is reparented here, not to PID 1, so
+ * the supervisor can tell one context's processes from another's (on cgroup v1 the
+ * sandbox cannot make sub-cgroups) and a context's death takes all of them along. It
+ * reaps everything; when the kernel dies it kills the rest, waits until nothing is
+ * left, and dies the way the kernel did.
+ */
+static void keeper_main(pid_t kernel)
+{
+    prctl(PR_SET_NAME, "corral-keeper", 0, 0, 0);
+    int kstatus = 0, kernel_done = 0;
+    for (;;) {
+        int status;
+        pid_t pid = wait(&status);
+        if (pid < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* ECHILD: the tree is empty */
+        }
+        if (pid == kernel) {
+            kstatus = status;
+            kernel_done = 1;
+        }
+        if (kernel_done)
+            kill_own_children();
+    }
+    if (WIFSIGNALED(kstatus)) {
+        signal(WTERMSIG(kstatus), SIG_DFL);
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, WTERMSIG(kstatus));
+        sigprocmask(SIG_UNBLOCK, &set, NULL);
+        kill(getpid(), WTERMSIG(kstatus));
+    }
+    _exit(WIFEXITED(kstatus) ? WEXITSTATUS(kstatus) : 127);
+}
+
+static void handle_ctx_start(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 12)
+        return mark_malformed();
+    uint32_t flags = get_u32(p), isig = get_u32(p + 4);
+    unsigned argc = get_u16(p + 8), envc = get_u16(p + 10);
+    struct exec_args a = { 0 };
+    int perr = parse_exec_args(p + 12, p + len, argc, envc, &a);
+    if (perr < 0)
+        return mark_malformed();
+    if (channel == 0 || find_channel(channel) || flags != 0 || isig >= (uint32_t)NSIG || perr) {
+        free_exec_args(&a);
+        if (channel == 0)
+            return send_error(channel, EINVAL, "CTX_START needs a non-zero channel");
+        if (find_channel(channel))
+            return send_error(channel, EBUSY, "channel %u is in use", channel);
+        if (flags != 0)
+            return send_error(channel, EINVAL, "unknown CTX_START flags 0x%x", flags);
+        if (isig >= (uint32_t)NSIG)
+            return send_error(channel, EINVAL, "invalid interrupt signal %u", isig);
+        return send_error(channel, perr, perr == EINVAL ? "argv is empty" : "out of memory");
+    }
+    struct proc *slot = free_slot();
+    if (!slot) {
+        free_exec_args(&a);
+        return send_error(channel, EAGAIN, "too many processes (limit %d)", MAX_PROCS);
+    }
+    const char *argv0 = a.argv[0], *cwd = a.cwd;
+    int req[2] = { -1, -1 }, evt[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 };
+    int st[2] = { -1, -1 };
+    if (pipe2(req, O_CLOEXEC) < 0 || pipe2(evt, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
+        pipe2(err, O_CLOEXEC) < 0 || pipe2(st, O_CLOEXEC) < 0) {
+        int e = errno;
+        close_pair(req), close_pair(evt), close_pair(out), close_pair(err), close_pair(st);
+        free_exec_args(&a);
+        return send_error(channel, e, "pipe: %s", strerror(e));
+    }
+    int64_t start = now_us();
+    pid_t keeper = fork();
+    if (keeper == 0) {
+        /* The keeper holds nothing of the host's: not the socket, not the other pipes. */
+        close_fd(&conn_fd);
+        close(LISTEN_FD);
+        close_fd(&sig_fd);
+        close_fd(&req[1]), close_fd(&evt[0]), close_fd(&out[0]), close_fd(&err[0]);
+        for (int i = 0; i < MAX_PROCS; i++) {
+            if (procs[i].used) {
+                close_fd(&procs[i].out_fd), close_fd(&procs[i].err_fd);
+                close_fd(&procs[i].in_fd), close_fd(&procs[i].evt_fd);
+            }
+        }
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        pid_t kernel = fork();
+        if (kernel == 0)
+            child_exec(st[1], (struct child_fds){ { devnull_fd, out[1], err[1], req[0], evt[1] }, 5 },
+                       cwd, a.argv, a.envp, a.path);
+        if (kernel < 0)
+            report_child_failure(st[1], STAGE_SETUP, errno);
+        int32_t msg[2] = { STAGE_PID, kernel };
+        ssize_t ignored = write(st[1], msg, sizeof msg);
+        (void)ignored;
+        /* Only the kernel may hold its pipes: their EOF must mean the kernel is gone. */
+        close_fd(&st[1]), close_fd(&req[0]), close_fd(&evt[1]), close_fd(&out[1]), close_fd(&err[1]);
+        close_fd(&devnull_fd);
+        keeper_main(kernel);
+    }
+    int fork_err = errno;
+    free_exec_args(&a);
+    close_fd(&req[0]), close_fd(&evt[1]), close_fd(&out[1]), close_fd(&err[1]), close_fd(&st[1]);
+    if (keeper < 0) {
+        close_pair(req), close_pair(evt), close_pair(out), close_pair(err), close_pair(st);
+        return send_error(channel, fork_err, "fork: %s", strerror(fork_err));
+    }
+    /* The keeper reports the kernel's pid; then EOF means exec succeeded, or the kernel
+     * reports where it failed. */
+    int32_t msg[2] = { 0, 0 }, fail[2];
+    ssize_t n, m = 0;
+    do
+        n = read(st[0], msg, sizeof msg);
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof msg && msg[0] == STAGE_PID) {
+        do
+            m = read(st[0], fail, sizeof fail);
+        while (m < 0 && errno == EINTR);
+    }
+    close_fd(&st[0]);
+    if (n != (ssize_t)sizeof msg || msg[0] != STAGE_PID || m == (ssize_t)sizeof fail) {
+        while (waitpid(keeper, NULL, 0) < 0 && errno == EINTR) {
+        }
+        close_pair(req), close_pair(evt), close_pair(out), close_pair(err);
+        if (n != (ssize_t)sizeof msg || msg[0] != STAGE_PID)
+            return send_error(channel, n == (ssize_t)sizeof msg ? msg[1] : EIO, "context keeper failed");
+        int e = fail[1];
+        if (fail[0] == STAGE_EXEC)
+            return send_error(channel, e, "exec %s: %s", argv0, strerror(e));
+        if (fail[0] == STAGE_CHDIR)
+            return send_error(channel, e, "chdir %s: %s", cwd, strerror(e));
+        return send_error(channel, e, "kernel setup: %s", strerror(e));
+    }
+    fcntl(req[1], F_SETFL, O_NONBLOCK);
+    fcntl(evt[0], F_SETFL, O_NONBLOCK);
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(err[0], F_SETFL, O_NONBLOCK);
+    reset_slot(slot);
+    slot->used = 1;
+    slot->attached = 1;
+    slot->channel = channel;
+    slot->pid = keeper;
+    slot->is_ctx = 1;
+    slot->kernel_pid = msg[1];
+    slot->interrupt_sig = (int)isig;
+    slot->has_stdin_pipe = 1;
+    slot->in_fd = req[1];
+    slot->evt_fd = evt[0];
+    slot->out_fd = out[0];
+    slot->err_fd = err[0];
+    slot->start_us = start;
+    unsigned char pidbuf[4];
+    put_u32(pidbuf, (uint32_t)msg[1]);
+    send_simple(EV_STARTED, channel, pidbuf, 4);
+}
+
+static struct proc *find_context(uint32_t channel, const char *what)
+{
+    struct proc *ctx = find_channel(channel);
+    if (!ctx || !ctx->is_ctx) {
+        send_error(channel, ENOENT, "%s: no context on channel %u", what, channel);
+        return NULL;
+    }
+    return ctx;
+}
+
+static void handle_ctx_exec(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 4)
+        return mark_malformed();
+    struct proc *ctx = find_context(channel, "CTX_EXEC");
+    if (!ctx)
+        return;
+    if (ctx->call_active)
+        return send_error(channel, EBUSY, "the context is running a call");
+    if (ctx->reaped || ctx->in_fd < 0)
+        return send_error(channel, EPIPE, "the context's kernel is gone");
+    uint32_t timeout_ms = get_u32(p);
+    if (append_stdin(ctx, p + 4, len - 4) < 0)
+        return send_error(channel, ENOMEM, "out of memory buffering the request");
+    ctx->call_active = 1;
+    ctx->call_end_seen = ctx->call_timed_out = ctx->call_last_swept = 0;
+    ctx->call_swept = 0;
+    ctx->call_start_us = now_us();
+    ctx->call_start_ticks = boottime_ticks();
+    ctx->call_deadline_ms = timeout_ms ? now_ms() + timeout_ms : 0;
+    flush_stdin(ctx);
+}
+
+static void handle_ctx_stop(uint32_t channel, uint32_t len)
+{
+    if (len != 0)
+        return mark_malformed();
+    struct proc *ctx = find_context(channel, "CTX_STOP");
+    if (ctx && !ctx->reaped)
+        kill_context(ctx); /* CTX_EXIT follows once the keeper's tree is gone */
+}
+
+
 static void handle_frame(uint8_t type, uint32_t channel, const unsigned char *p, uint32_t len)
 {
     switch (type) {
@@ -1015,6 +1605,9 @@ static void handle_frame(uint8_t type, uint32_t channel, const unsigned char *p,
     case REQ_WRITE_FILE: return handle_write_file(channel, p, len);
     case REQ_KILL_ALL: return handle_kill_all(channel, len);
     case REQ_SHUTDOWN: return handle_shutdown(len);
+    case REQ_CTX_START: return handle_ctx_start(channel, p, len);
+    case REQ_CTX_EXEC: return handle_ctx_exec(channel, p, len);
+    case REQ_CTX_STOP: return handle_ctx_stop(channel, len);
     default: return send_error(channel, EINVAL, "unknown request type 0x%02x", type);
     }
 }
@@ -1074,7 +1667,7 @@ static void read_from_host(void)
 
 /* ------------------------------------------------------------- main loop */
 
-enum { PF_OUT, PF_ERR, PF_IN };
+enum { PF_OUT, PF_ERR, PF_IN, PF_EVT };
 
 /* Which process and stream each polled descriptor belongs to. */
 struct poll_meta {
@@ -1083,11 +1676,12 @@ struct poll_meta {
 
 static void event_loop(void)
 {
-    static struct pollfd pf[3 + 3 * MAX_PROCS];
-    static struct poll_meta meta[3 * MAX_PROCS];
+    static struct pollfd pf[3 + 4 * MAX_PROCS];
+    static struct poll_meta meta[4 * MAX_PROCS];
     for (;;) {
         finish_reaped();
         enforce_timeouts();
+        advance_calls();
         if (conn_failed)
             close_connection();
 
@@ -1103,8 +1697,8 @@ static void event_loop(void)
             struct proc *p = &procs[i];
             if (!p->used)
                 continue;
-            int fds[3] = { p->out_fd, p->err_fd, p->in_off < p->in_len ? p->in_fd : -1 };
-            for (int k = 0; k < 3; k++) {
+            int fds[4] = { p->out_fd, p->err_fd, p->in_off < p->in_len ? p->in_fd : -1, p->evt_fd };
+            for (int k = 0; k < 4; k++) {
                 if (fds[k] < 0)
                     continue;
                 meta[m++] = (struct poll_meta){ i, k, fds[k] };
@@ -1131,6 +1725,8 @@ static void event_loop(void)
                 forward_output(p, &p->err_fd, EV_STDERR);
             else if (meta[j].kind == PF_IN && p->in_fd == meta[j].fd)
                 flush_stdin(p);
+            else if (meta[j].kind == PF_EVT && p->evt_fd == meta[j].fd)
+                read_kernel_events(p);
         }
         if (host >= 0 && pf[2].revents && !conn_failed && conn_fd == host)
             read_from_host();
@@ -1187,7 +1783,7 @@ static int run_supervisor(void)
     if (sig_fd < 0)
         return 2;
     for (int i = 0; i < MAX_PROCS; i++)
-        procs[i].out_fd = procs[i].err_fd = procs[i].in_fd = -1;
+        reset_slot(&procs[i]);
     event_loop();
     return 0;
 }

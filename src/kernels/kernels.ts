@@ -1,0 +1,158 @@
+/**
+ * The host side of each stateful kernel: how it is started inside the sandbox, how a
+ * call is encoded for it, and how what it says is read back. The drivers themselves
+ * (src/kernels/<language>/driver.*) are mounted read-only at /.corral/kernels.
+ */
+import { CorralError } from "../core/errors.js";
+import { KERNELS_DIR_IN_SANDBOX } from "../sandbox/runtime/oci-spec.js";
+
+export const CONTEXT_LANGUAGES = ["python", "shell"] as const;
+export type ContextLanguage = (typeof CONTEXT_LANGUAGES)[number];
+
+/** Jupyter's MIME bundle: mime type → content (base64 for binary types such as image/png). */
+export type MimeBundle = Record<string, unknown>;
+
+/** Jupyter's error shape. */
+export interface ExecutionError {
+  ename: string;
+  evalue: string;
+  traceback: string[];
+}
+
+export type KernelEvent =
+  | { type: "ready" }
+  | { type: "result"; data: MimeBundle; metadata: Record<string, unknown> }
+  | { type: "display"; data: MimeBundle; metadata: Record<string, unknown> }
+  | { type: "error"; error: ExecutionError }
+  | { type: "clear_output"; wait: boolean };
+
+export interface KernelEnd {
+  /** The shell's exit status of the call; null for kernels that have none. */
+  exitCode: number | null;
+  /** Python's execution count of the call; null for kernels that have none. */
+  executionCount: number | null;
+}
+
+export interface KernelDef {
+  language: ContextLanguage;
+  argv: string[];
+  /** Sent at a call's deadline: SIGINT raises KeyboardInterrupt in Python. */
+  interruptSignal: number;
+  encodeRequest(code: string, env: Readonly<Record<string, string>>): Buffer;
+  decodeEvent(payload: Buffer): KernelEvent | null;
+  decodeEnd(payload: Buffer): KernelEnd;
+}
+
+const SIGINT = 2;
+
+function parseJson(payload: Buffer): Record<string, unknown> | null {
+  try {
+    const v = JSON.parse(payload.toString("utf8")) as unknown;
+    return v !== null && typeof v === "object" ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+const python: KernelDef = {
+  language: "python",
+  argv: ["python3", `${KERNELS_DIR_IN_SANDBOX}/python.py`],
+  interruptSignal: SIGINT,
+  encodeRequest(code, env) {
+    const body = Buffer.from(JSON.stringify({ code, env }), "utf8");
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(body.length, 0);
+    return Buffer.concat([head, body]);
+  },
+  decodeEvent(payload) {
+    const m = parseJson(payload);
+    switch (m?.type) {
+      case "ready":
+        return { type: "ready" };
+      case "result":
+      case "display":
+        return {
+          type: m.type,
+          data: (m.data ?? {}) as MimeBundle,
+          metadata: (m.metadata ?? {}) as Record<string, unknown>,
+        };
+      case "error":
+        return {
+          type: "error",
+          error: {
+            ename: String(m.ename ?? "Error"),
+            evalue: String(m.evalue ?? ""),
+            traceback: Array.isArray(m.traceback) ? m.traceback.map(String) : [],
+          },
+        };
+      case "clear_output":
+        return { type: "clear_output", wait: m.wait === true };
+      default:
+        return null;
+    }
+  },
+  decodeEnd(payload) {
+    const m = parseJson(payload);
+    const count = m?.executionCount;
+    return { exitCode: null, executionCount: typeof count === "number" ? count : null };
+  },
+};
+
+/** A shell word that bash reads back as exactly `s`. */
+export function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+const shell: KernelDef = {
+  language: "shell",
+  argv: ["bash", "--norc", "--noprofile", `${KERNELS_DIR_IN_SANDBOX}/shell.sh`],
+  // bash ignores nothing useful on SIGINT in a loop: the sweeps end what the call started.
+  interruptSignal: 0,
+  encodeRequest(code, env) {
+    if (code.includes("\0")) {
+      throw new CorralError("invalid_argument", "shell code cannot contain a NUL byte");
+    }
+    const names = Object.keys(env);
+    for (const k of names) {
+      if (!ENV_NAME.test(k)) throw new CorralError("invalid_argument", `invalid environment variable name "${k}"`);
+    }
+    // Assignments before eval hold for this call only; what the code itself does (cd,
+    // export, functions) stays in the shell.
+    const text =
+      names.length === 0
+        ? code
+        : `${names.map((k) => `${k}=${shellQuote(env[k] ?? "")}`).join(" ")} eval ${shellQuote(code)}`;
+    return Buffer.from(`${text}\0`, "utf8");
+  },
+  decodeEvent(payload) {
+    return parseJson(payload)?.type === "ready" ? { type: "ready" } : null;
+  },
+  decodeEnd(payload) {
+    const n = Number(payload.toString("utf8"));
+    return { exitCode: Number.isInteger(n) ? n : null, executionCount: null };
+  },
+};
+
+export const KERNELS: Record<ContextLanguage, KernelDef> = { python, shell };
+
+export function parseContextLanguage(text: string): ContextLanguage {
+  const lower = text.toLowerCase();
+  const aliases: Record<string, ContextLanguage> = {
+    py: "python",
+    python3: "python",
+    sh: "shell",
+    bash: "shell",
+  };
+  const lang = (CONTEXT_LANGUAGES as readonly string[]).includes(lower)
+    ? (lower as ContextLanguage)
+    : aliases[lower];
+  if (!lang) {
+    throw new CorralError(
+      "invalid_argument",
+      `unknown context language "${text}": expected one of ${CONTEXT_LANGUAGES.join(", ")}`,
+    );
+  }
+  return lang;
+}

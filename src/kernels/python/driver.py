@@ -1,0 +1,182 @@
+"""Corral's Python kernel: IPython in process, driven by the sandbox's supervisor.
+
+The supervisor starts this file once per context (lazily, on the context's first call)
+and talks to it over two pipes (docs/protocol.md, "Kernels"):
+
+  fd 3  requests, each a u32 big-endian length and a JSON object {"code", "env"}
+  fd 4  events, each a u32 big-endian length, a u8 type (1 event, 2 end) and JSON
+
+stdout and stderr are the real fds 1 and 2, unbuffered, so that print(), C extensions
+and `!cmd` subprocesses all stream as they write. Rich output (the value of the last
+expression, display(), inline matplotlib figures) and errors are events; END closes
+each call. A call's deadline arrives as SIGINT (a KeyboardInterrupt in the cell).
+"""
+
+import importlib
+import io
+import json
+import os
+import signal
+import struct
+import sys
+
+REQ_FD, EVT_FD = 3, 4
+EVENT, END = 1, 2
+# An image or table larger than this is replaced by a marker: one huge output must not
+# hold the session's memory or the host's (the supervisor caps a frame at 16 MiB).
+MAX_MIME_BYTES = 8 * 1024 * 1024
+
+_INT = {signal.SIGINT}
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def send(kind, obj):
+    """One frame on the event pipe. SIGINT is held off while writing, so that a deadline
+    never leaves half a frame behind (the supervisor would then end the context)."""
+    data = json.dumps(obj, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
+    frame = struct.pack(">IB", len(data), kind) + data
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _INT)
+    try:
+        _write_all(EVT_FD, frame)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def cap_bundle(data):
+    """Drop MIME entries too large to carry; say so in text/plain."""
+    out, dropped = {}, []
+    for mime, value in data.items():
+        size = len(value) if isinstance(value, (str, bytes)) else len(json.dumps(value, default=repr))
+        if size > MAX_MIME_BYTES:
+            dropped.append(f"{mime} ({size} bytes)")
+        else:
+            out[mime] = value
+    if dropped:
+        note = f"[corral: output too large, dropped: {', '.join(dropped)}; limit {MAX_MIME_BYTES} bytes]"
+        out["text/plain"] = (out.get("text/plain", "") + "\n" + note).strip()
+    return out
+
+
+def read_exact(n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(REQ_FD, n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def read_request():
+    (length,) = struct.unpack(">I", read_exact(4))
+    return json.loads(read_exact(length))
+
+
+def make_shell():
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+
+    class Hook(DisplayHook):
+        """The value of a cell's last expression: an execute_result."""
+
+        def start_displayhook(self):
+            pass
+
+        def write_output_prompt(self):
+            pass
+
+        def write_format_data(self, format_dict, md_dict=None):
+            send(EVENT, {"type": "result", "data": cap_bundle(format_dict), "metadata": md_dict or {}})
+
+        def finish_displayhook(self):
+            sys.stdout.flush()
+
+    class Publisher(DisplayPublisher):
+        """display() and inline figures: display_data."""
+
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+            sys.stdout.flush()
+            send(EVENT, {"type": "display", "data": cap_bundle(data), "metadata": metadata or {}})
+
+        def clear_output(self, wait=False):
+            send(EVENT, {"type": "clear_output", "wait": wait})
+
+    shell = InteractiveShell.instance(
+        displayhook_class=Hook, display_pub_class=Publisher, colors="NoColor", autocall=0
+    )
+
+    def show_traceback(etype, evalue, stb):
+        send(
+            EVENT,
+            {
+                "type": "error",
+                "ename": getattr(etype, "__name__", str(etype)),
+                "evalue": str(evalue),
+                "traceback": list(stb),
+            },
+        )
+
+    shell._showtraceback = show_traceback
+    return shell
+
+
+def run(shell, request):
+    env = request.get("env") or {}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    count = shell.execution_count
+    status = "error"
+    try:
+        # A deadline that fired between calls was already answered: forget it.
+        while signal.sigtimedwait(_INT, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INT)
+        try:
+            result = shell.run_cell(request["code"], store_history=True)
+            status = "ok" if result.success else "error"
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _INT)
+    except KeyboardInterrupt:
+        # The interrupt landed outside the cell's own code (IPython catches it there).
+        send(EVENT, {"type": "error", "ename": "KeyboardInterrupt", "evalue": "", "traceback": []})
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A package installed during the call (pip, %pip) must import in the next one.
+        importlib.invalidate_caches()
+    send(END, {"executionCount": count, "status": status})
+
+
+def main():
+    signal.pthread_sigmask(signal.SIG_BLOCK, _INT)
+    # Unbuffered text streams on the real pipes: output streams as it is written.
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    sys.path[0] = ""  # like a notebook: modules in the working directory import
+    sys.argv = [""]
+    shell = make_shell()
+    send(EVENT, {"type": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            request = read_request()
+        except EOFError:
+            return
+        run(shell, request)
+
+
+if __name__ == "__main__":
+    main()
