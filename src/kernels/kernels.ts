@@ -116,7 +116,8 @@ const shell: KernelDef = {
     }
     const names = Object.keys(env);
     for (const k of names) {
-      if (!ENV_NAME.test(k)) throw new CorralError("invalid_argument", `invalid environment variable name "${k}"`);
+      if (!ENV_NAME.test(k))
+        throw new CorralError("invalid_argument", `invalid environment variable name "${k}"`);
     }
     // Assignments before eval hold for this call only; what the code itself does (cd,
     // export, functions) stays in the shell.
@@ -130,8 +131,8 @@ const shell: KernelDef = {
     return parseJson(payload)?.type === "ready" ? { type: "ready" } : null;
   },
   decodeEnd(payload) {
-    const n = Number(payload.toString("utf8"));
-    return { exitCode: Number.isInteger(n) ? n : null, executionCount: null };
+    const text = payload.toString("utf8");
+    return { exitCode: /^\d{1,3}$/.test(text) ? Number(text) : null, executionCount: null };
   },
 };
 

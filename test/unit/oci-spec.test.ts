@@ -91,7 +91,10 @@ describe("buildOciSpec", () => {
     for (const m of config.mounts) expect(m.options, m.destination).toContain("nosuid");
     const sup = config.mounts.find((m) => m.destination === "/.corral/supervisor");
     expect(sup?.options).toEqual(["bind", "ro", "nosuid", "nodev"]);
-    expect(config.mounts.filter((m) => m.type === "bind")).toHaveLength(1);
+    // The binds are the supervisor and the kernel drivers, both read-only; nothing else.
+    const kernels = config.mounts.find((m) => m.destination === "/.corral/kernels");
+    expect(kernels?.options).toEqual(["bind", "ro", "nosuid", "nodev"]);
+    expect(config.mounts.filter((m) => m.type === "bind")).toHaveLength(2);
     expect(config.mounts.find((m) => m.destination === "/dev/shm")?.options).toContain(
       "size=67108864",
     );

@@ -124,6 +124,13 @@ def make_shell():
         )
 
     shell._showtraceback = show_traceback
+    # `!cmd` runs with the kernel's own stdout and stderr (plain pipes to the supervisor),
+    # as in a notebook: IPython's default goes through a pseudo-terminal, which would turn
+    # every newline into CRLF and merge the two streams.
+    shell.system = shell.system_raw
+    # There is no GUI event loop to hook: `%matplotlib inline` (and `%matplotlib` alone)
+    # only selects the inline backend, whose figures arrive through display().
+    shell.enable_gui = lambda gui=None: None
     return shell
 
 

@@ -259,6 +259,7 @@ static int sweep_call(struct proc *ctx)
 {
     static pid_t pids[SWEEP_MAX], ppids[SWEEP_MAX];
     static unsigned long long starts[SWEEP_MAX];
+    static char zombie[SWEEP_MAX];
     int n = 0;
     DIR *d = opendir("/proc");
     if (!d)
@@ -301,12 +302,16 @@ static int sweep_call(struct proc *ctx)
         pids[n] = (pid_t)strtol(e->d_name, NULL, 10);
         ppids[n] = (pid_t)ppid;
         starts[n] = start;
+        /* A zombie is already dead (its parent has yet to wait for it): it links the
+         * ancestry but is neither killed nor counted as a survivor. */
+        zombie[n] = (char)(*f == 'Z' || *f == 'X');
         n++;
     }
     closedir(d);
     int killed = 0;
     for (int i = 0; i < n; i++) {
-        if (pids[i] == ctx->pid || pids[i] == ctx->kernel_pid || starts[i] < ctx->call_start_ticks)
+        if (pids[i] == ctx->pid || pids[i] == ctx->kernel_pid || zombie[i] ||
+            starts[i] < ctx->call_start_ticks)
             continue;
         /* Is the keeper an ancestor? Walk up at most 256 links (a cycle cannot occur, but
          * a process list read over time is not a consistent snapshot). */

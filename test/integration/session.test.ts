@@ -1,0 +1,445 @@
+/**
+ * Sessions on real sandboxes: stateful Python and shell contexts, streaming, timeouts that
+ * keep the state, kernels that die and come back, contexts isolated from each other, and
+ * the session's own lifetime (idle TTL, hard deadline, destroy). Also the `lifecycle` and
+ * `encoding` groups of the hostile cases as they apply to sessions.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CorralError } from "../../src/core/errors.js";
+import { DEFAULT_LIMITS, type Limits, MiB } from "../../src/core/limits.js";
+import type { ExecEvent } from "../../src/sandbox/context.js";
+import { Session, type SessionOptions } from "../../src/sandbox/session.js";
+import { type TestEnv, testEnv } from "../helpers/sandbox.js";
+
+let env: TestEnv;
+const open: Session[] = [];
+
+async function session(
+  limits: Partial<Limits> = {},
+  opts: Partial<SessionOptions> = {},
+): Promise<Session> {
+  const s = await Session.create(env.host, {
+    image: env.image,
+    limits: { ...DEFAULT_LIMITS, ...limits },
+    ...opts,
+  });
+  open.push(s);
+  return s;
+}
+
+beforeAll(async () => {
+  env = await testEnv("session");
+});
+afterAll(async () => {
+  await Promise.all(open.map((s) => s.destroy()));
+  env?.close();
+});
+
+describe("python context", () => {
+  let s: Session;
+  beforeAll(async () => {
+    s = await session();
+  });
+
+  it("keeps globals, returns the last expression, counts executions", async () => {
+    const a = await s.runCode("x = 41\nx");
+    expect(a.error).toBeNull();
+    expect(a.results).toEqual([
+      { kind: "result", data: { "text/plain": "41" }, metadata: {}, isMainResult: true },
+    ]);
+    const b = await s.runCode("print(x + 1)");
+    expect(b.stdout.text).toBe("42\n");
+    expect(b.results).toEqual([]);
+    expect(b.executionCount).toBe((a.executionCount ?? 0) + 1);
+  });
+
+  it("returns errors as {ename, evalue, traceback}", async () => {
+    const r = await s.runCode("def f():\n    return 1/0\nf()");
+    expect(r.error?.ename).toBe("ZeroDivisionError");
+    expect(r.error?.evalue).toBe("division by zero");
+    expect(r.error?.traceback.join("\n")).toMatch(/return 1\/0/);
+    expect(r.stateLost).toBe(false);
+    // A syntax error is an error too, and the kernel lives on.
+    const syn = await s.runCode("def (:");
+    expect(syn.error?.ename).toBe("SyntaxError");
+    expect((await s.runCode("x")).results[0]?.data["text/plain"]).toBe("41");
+  });
+
+  it("streams print output while the call runs, then ends", async () => {
+    const events: { type: string; at: number; text?: string }[] = [];
+    const t0 = performance.now();
+    const r = await s.runCode(
+      "import time, sys\nprint('a', flush=True)\ntime.sleep(1)\nprint('b', file=sys.stderr)\n7",
+      {
+        onEvent: (e: ExecEvent) =>
+          events.push({
+            type: e.type,
+            at: performance.now() - t0,
+            ...("text" in e ? { text: e.text } : {}),
+          }),
+      },
+    );
+    expect(r.stdout.text).toBe("a\n");
+    expect(r.stderr.text).toBe("b\n");
+    // A stream may come in several chunks; the order of the kinds is what counts.
+    const kinds = events.map((e) => e.type).filter((t, i, all) => i === 0 || all[i - 1] !== t);
+    expect(kinds).toEqual(["stdout", "stderr", "result", "end"]);
+    // "a" arrived a second before the call ended: it was streamed, not buffered.
+    expect(events[0]!.at).toBeLessThan(events.at(-1)!.at - 700);
+  });
+
+  it("has IPython's semantics: !cmd, display(), %matplotlib inline", async () => {
+    const bang = await s.runCode("!echo from-shell; pwd");
+    expect(bang.stdout.text).toBe("from-shell\n/work\n");
+    const html = await s.runCode(
+      "from IPython.display import display, HTML\ndisplay(HTML('<b>hi</b>'))",
+    );
+    expect(html.results).toHaveLength(1);
+    expect(html.results[0]).toMatchObject({ kind: "display", isMainResult: false });
+    expect(html.results[0]!.data["text/html"]).toBe("<b>hi</b>");
+    const png = await s.runCode(
+      "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()",
+    );
+    expect(png.error).toBeNull();
+    const image = png.results.find((r) => typeof r.data["image/png"] === "string");
+    expect(image).toBeDefined();
+    const bytes = Buffer.from(image!.data["image/png"] as string, "base64");
+    expect(bytes.subarray(1, 4).toString()).toBe("PNG");
+  });
+
+  it("a module written during the session imports in the live kernel", async () => {
+    const miss = await s.runCode(
+      "import sys, os\nos.makedirs('/work/lib', exist_ok=True)\nsys.path.insert(0, '/work/lib')\nimport corral_new_mod",
+    );
+    expect(miss.error?.ename).toBe("ModuleNotFoundError");
+    const w = await s.commands.run("echo 'V = 5' > /work/lib/corral_new_mod.py");
+    expect(w.exitCode).toBe(0);
+    const hit = await s.runCode("import corral_new_mod\ncorral_new_mod.V");
+    expect(hit.error).toBeNull();
+    expect(hit.results[0]?.data["text/plain"]).toBe("5");
+  });
+
+  it("per-call envs hold for that call only; session envs for all", async () => {
+    const a = await s.runCode("import os\nrepr(os.environ.get('CALL_ONLY'))", {
+      envs: { CALL_ONLY: "yes" },
+    });
+    expect(a.results[0]?.data["text/plain"]).toBe(`"'yes'"`);
+    const b = await s.runCode("repr(os.environ.get('CALL_ONLY'))");
+    expect(b.results[0]?.data["text/plain"]).toBe("'None'");
+  });
+
+  it("state-survives-timeout: x = 41, a timed-out loop, then print(x + 1) gives 42 at once", async () => {
+    await s.runCode("x = 41");
+    const t0 = performance.now();
+    const loop = await s.runCode("while True: pass", { timeoutMs: 1000 });
+    const took = performance.now() - t0;
+    expect(loop.killed).toBe("timeout");
+    expect(loop.stateLost).toBe(false);
+    expect(took).toBeGreaterThanOrEqual(990);
+    expect(took).toBeLessThan(2500);
+    const t1 = performance.now();
+    const next = await s.runCode("print(x + 1)");
+    expect(next.stdout.text).toBe("42\n");
+    expect(performance.now() - t1).toBeLessThan(500);
+  });
+
+  it("timeout-precision: time.sleep(10) with a 3 s timeout returns within 3 to 4 s", async () => {
+    const t0 = performance.now();
+    const r = await s.runCode("import time; time.sleep(10)", { timeoutMs: 3000 });
+    const took = performance.now() - t0;
+    expect(r.killed).toBe("timeout");
+    expect(took).toBeGreaterThanOrEqual(2990);
+    expect(took).toBeLessThan(4000);
+  });
+
+  it("orphan-child-at-timeout: the call's children are swept, the kernel stays", async () => {
+    await s.runCode("keep = 'me'");
+    const t0 = performance.now();
+    const r = await s.runCode(
+      "import subprocess, time\nsubprocess.Popen(['sleep', '600'])\ntime.sleep(600)",
+      { timeoutMs: 2000 },
+    );
+    expect(r.killed).toBe("timeout");
+    expect(performance.now() - t0).toBeLessThan(3500);
+    // Live processes only: the killed sleep stays a zombie until Python's Popen reaps it.
+    const ps = await s.commands.run(
+      "ps -eo stat=,comm= | awk '$2 == \"sleep\" && $1 !~ /^Z/' | wc -l",
+    );
+    expect(ps.stdout.text.trim()).toBe("0");
+    expect((await s.runCode("keep")).results[0]?.data["text/plain"]).toBe("'me'");
+  });
+
+  it("kernel-dies: the caller is told the state was lost; a fresh kernel serves the next call", async () => {
+    await s.runCode("y = 1");
+    const r = await s.runCode("import os; os.kill(os.getpid(), 9)");
+    expect(r.stateLost).toBe(true);
+    expect(r.error?.ename).toBe("KernelDied");
+    expect(r.error?.evalue).toMatch(/died.*SIGKILL.*state was lost/);
+    const next = await s.runCode("print(1)\n'y' in globals()");
+    expect(next.stdout.text).toBe("1\n");
+    expect(next.results[0]?.data["text/plain"]).toBe("False");
+    expect(next.executionCount).toBe(1);
+  });
+});
+
+describe("a kernel killed by OOM", () => {
+  it("is reported as oom with its state lost; the next call works", async () => {
+    const s = await session({ memoryBytes: 256 * MiB });
+    await s.runCode("z = 1");
+    const r = await s.runCode("b = b'x' * (600 * 1024 * 1024)");
+    expect(r.killed).toBe("oom");
+    expect(r.stateLost).toBe(true);
+    expect(r.error?.evalue).toMatch(/state was lost/);
+    const next = await s.runCode("print('z' in globals())");
+    expect(next.stdout.text).toBe("False\n");
+    await s.destroy();
+  });
+});
+
+describe("shell context", () => {
+  let s: Session;
+  beforeAll(async () => {
+    s = await session();
+  });
+
+  it("keeps the working directory, exported variables and functions", async () => {
+    const a = await s.runCode('cd /tmp && export GREETING=hello; f() { echo "f:$1"; }', {
+      language: "shell",
+    });
+    expect(a.exitCode).toBe(0);
+    const b = await s.runCode('pwd; echo "$GREETING"; f x; bash -c \'echo "child:$GREETING"\'', {
+      language: "shell",
+    });
+    expect(b.stdout.text).toBe("/tmp\nhello\nf:x\nchild:hello\n");
+  });
+
+  it("reports the exact status of the last command", async () => {
+    const r = await s.runCode("echo partial; false", { language: "shell" });
+    expect(r.stdout.text).toBe("partial\n");
+    expect(r.exitCode).toBe(1);
+    expect(r.error).toBeNull();
+  });
+
+  it("exit-code-fidelity: `exit 7` ends the shell with status 7; the next call gets a new one", async () => {
+    await s.runCode("export MARK=1", { language: "shell" });
+    const r = await s.runCode("echo partial; exit 7", { language: "shell" });
+    expect(r.stdout.text).toBe("partial\n");
+    expect(r.exitCode).toBe(7);
+    expect(r.stateLost).toBe(true);
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell expansion, not a template
+    const next = await s.runCode('echo "mark=${MARK:-unset} $(pwd)"', { language: "shell" });
+    expect(next.stdout.text).toBe("mark=unset /work\n");
+  });
+
+  it("code cannot read the next request nor forge an event", async () => {
+    // A program the code starts sees neither fd 3 (requests) nor fd 4 (events), and its
+    // stdin is /dev/null, so `cat` cannot swallow the next call.
+    const r = await s.runCode(
+      "sh -c 'test -e /proc/self/fd/3 && echo three; test -e /proc/self/fd/4 && echo four; true'; cat; echo x",
+      { language: "shell" },
+    );
+    expect(r.stdout.text).toBe("x\n");
+    expect((await s.runCode("echo still", { language: "shell" })).stdout.text).toBe("still\n");
+  });
+
+  it("self-stop: `kill -STOP $$` times out at about 2 s; the session goes on", async () => {
+    const t0 = performance.now();
+    const r = await s.runCode("kill -STOP $$", { language: "shell", timeoutMs: 2000 });
+    const took = performance.now() - t0;
+    expect(r.killed).toBe("timeout");
+    expect(r.stateLost).toBe(true);
+    expect(took).toBeLessThan(4000);
+    expect((await s.runCode("echo back", { language: "shell" })).stdout.text).toBe("back\n");
+  });
+
+  it("setsid-daemon: returns at once; the daemon lives until the session is destroyed", async () => {
+    const own = await session();
+    const t0 = performance.now();
+    const r = await own.runCode("setsid nohup sleep 600 >/dev/null 2>&1 & echo started", {
+      language: "shell",
+    });
+    expect(r.stdout.text).toBe("started\n");
+    expect(performance.now() - t0).toBeLessThan(1500);
+    const ps = await own.commands.run(["pgrep", "-x", "sleep"]);
+    expect(ps.exitCode).toBe(0);
+    await own.destroy();
+    // The leak check at the end of the run proves no process is left on the host.
+  });
+});
+
+describe("commands", () => {
+  let s: Session;
+  beforeAll(async () => {
+    s = await session({}, { envs: { SESSION_VAR: "sv" } });
+  });
+
+  it("runs a string with bash and an array without a shell", async () => {
+    const a = await s.commands.run("echo $SESSION_VAR; exit 4");
+    expect(a.stdout.text).toBe("sv\n");
+    expect(a.exitCode).toBe(4);
+    const b = await s.commands.run(["printf", "%s|", "a b", "$HOME"]);
+    expect(b.stdout.text).toBe("a b|$HOME|");
+  });
+
+  it("takes cwd, envs, stdin and a timeout", async () => {
+    const r = await s.commands.run("pwd; echo $X; cat", {
+      cwd: "/tmp",
+      envs: { X: "1" },
+      stdin: "from stdin\n",
+    });
+    expect(r.stdout.text).toBe("/tmp\n1\nfrom stdin\n");
+    const t = await s.commands.run("sleep 30", { timeoutMs: 500 });
+    expect(t.killed).toBe("timeout");
+  });
+
+  it("session envs reach the kernels too", async () => {
+    const r = await s.runCode("import os\nos.environ['SESSION_VAR']");
+    expect(r.results[0]?.data["text/plain"]).toBe("'sv'");
+  });
+});
+
+describe("contexts", () => {
+  it("context-isolation: 12 create/remove cycles never see each other's globals", async () => {
+    const s = await session();
+    for (let i = 0; i < 12; i++) {
+      const ctx = s.createCodeContext({ language: "python" });
+      const r = await s.runCode('print("x" in globals()); x = 1', { context: ctx.id });
+      expect(r.stdout.text).toBe("False\n");
+      await s.removeCodeContext(ctx.id);
+    }
+    expect(s.listCodeContexts()).toEqual([]);
+    const ps = await s.commands.run("pgrep -c -f '[/].corral/kernels/python' || true");
+    expect(ps.stdout.text.trim()).toBe("0");
+    await s.destroy();
+  });
+
+  it("lists, restarts and removes contexts; a removed context refuses calls", async () => {
+    const s = await session();
+    const a = s.createCodeContext({ language: "python" });
+    const b = s.createCodeContext({ language: "shell", cwd: "/tmp" });
+    expect(s.listCodeContexts().map((c) => c.id)).toEqual([a.id, b.id]);
+    await s.runCode("v = 3", { context: a.id });
+    await s.restartCodeContext(a.id);
+    const after = await s.runCode("'v' in globals()", { context: a.id });
+    expect(after.results[0]?.data["text/plain"]).toBe("False");
+    expect((await s.runCode("pwd", { context: b.id })).stdout.text).toBe("/tmp\n");
+    await expect(s.runCode("pwd", { context: b.id, language: "python" })).rejects.toThrow(
+      /runs shell, not python/,
+    );
+    await s.removeCodeContext(b.id);
+    await expect(s.runCode("pwd", { context: b.id })).rejects.toThrow(/no context/);
+    await s.destroy();
+  });
+
+  it("same-context-concurrency: two calls on one context are serialized, on two contexts parallel", async () => {
+    const s = await session({ cpus: 2 });
+    const a = s.createCodeContext();
+    const b = s.createCodeContext();
+    // Warm both kernels so that the timing is of the calls, not of IPython's import.
+    await Promise.all([s.runCode("1", { context: a.id }), s.runCode("1", { context: b.id })]);
+    const code = "import time\nprint('start', flush=True)\ntime.sleep(2)\nprint('end')";
+    let t0 = performance.now();
+    const same = await Promise.all([
+      s.runCode(code, { context: a.id }),
+      s.runCode(code, { context: a.id }),
+    ]);
+    const serial = performance.now() - t0;
+    expect(serial).toBeGreaterThanOrEqual(3900);
+    expect(serial).toBeLessThan(5500);
+    for (const r of same) expect(r.stdout.text).toBe("start\nend\n");
+    t0 = performance.now();
+    await Promise.all([s.runCode(code, { context: a.id }), s.runCode(code, { context: b.id })]);
+    const parallel = performance.now() - t0;
+    expect(parallel).toBeGreaterThanOrEqual(1950);
+    expect(parallel).toBeLessThan(3200);
+    await s.destroy();
+  });
+});
+
+describe("encoding (hostile cases, in a session)", () => {
+  let s: Session;
+  beforeAll(async () => {
+    s = await session({ outputCapBytes: 4 * MiB });
+  });
+
+  it("utf8-split-across-chunks: byte-identical output, no U+FFFD, in chunks and in the result", async () => {
+    const chunks: string[] = [];
+    const r = await s.runCode('import sys\nsys.stdout.write("é€😀" * 200000); sys.stdout.flush()', {
+      onStdout: (c) => chunks.push(c.text),
+    });
+    const want = "é€😀".repeat(200000);
+    expect(r.stdout.truncated).toBe(false);
+    expect(r.stdout.text === want).toBe(true);
+    expect(chunks.length).toBeGreaterThan(1);
+    expect(chunks.join("") === want).toBe(true);
+    expect(chunks.some((c) => c.includes("\uFFFD"))).toBe(false);
+  });
+
+  it("invalid-bytes: replacement characters plus the raw bytes as base64", async () => {
+    const r = await s.runCode('import sys\nsys.stdout.buffer.write(b"ok\\xff\\xfe\\n")');
+    expect(r.stdout.text).toBe("ok\uFFFD\uFFFD\n");
+    expect(Buffer.from(r.stdout.base64 ?? "", "base64")).toEqual(
+      Buffer.from([0x6f, 0x6b, 0xff, 0xfe, 0x0a]),
+    );
+  });
+
+  it("the output cap applies while streaming, with the full byte count", async () => {
+    const small = await session({ outputCapBytes: 1000 });
+    let streamed = 0;
+    const r = await small.runCode("print('y' * 5000)", {
+      onStdout: (c) => {
+        streamed += Buffer.byteLength(c.text);
+      },
+    });
+    expect(r.stdout.truncated).toBe(true);
+    expect(r.stdout.bytes).toBe(5001);
+    expect(r.stdout.text.length).toBe(1000);
+    expect(streamed).toBe(1000);
+    await small.destroy();
+  });
+});
+
+describe("session lifetime", () => {
+  it("a workdir that does not exist fails the create with a clear message", async () => {
+    const err = await Session.create(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+      workdir: "/no/such/dir",
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CorralError);
+    expect((err as Error).message).toMatch(/workdir \/no\/such\/dir does not exist/);
+  });
+
+  it("the idle TTL ends an idle session but not one that is busy", async () => {
+    const s = await session({}, { idleTtlMs: 1000 });
+    const r = await s.runCode("sleep 2.5; echo done", { language: "shell" });
+    expect(r.stdout.text).toBe("done\n");
+    expect(s.endReason).toBeNull();
+    await new Promise((res) => setTimeout(res, 1800));
+    expect(s.endReason).toBe("idle");
+    await expect(s.runCode("1")).rejects.toThrow(/has ended \(idle\)/);
+  });
+
+  it("timeoutMs is a hard deadline; setTimeout moves it", async () => {
+    const s = await session({}, { timeoutMs: 60_000 });
+    expect(s.deadlineAt!.getTime()).toBeGreaterThan(Date.now() + 50_000);
+    s.setTimeout(800);
+    const r = await s.runCode("sleep 5; echo never", { language: "shell", timeoutMs: 10_000 });
+    expect(r.stdout.text).toBe("");
+    expect(s.endReason).toBe("timeout");
+    await expect(s.commands.run("true")).rejects.toThrow(/has ended \(timeout\)/);
+  });
+
+  it("refuses bad input with one-line errors", async () => {
+    const s = await session();
+    await expect(s.runCode("1", { language: "cobol" })).rejects.toThrow(CorralError);
+    await expect(s.runCode("1", { timeoutMs: -1 })).rejects.toThrow(/positive/);
+    await expect(s.runCode("1", { envs: { "BAD-NAME": "x" } })).rejects.toThrow(
+      /invalid environment/,
+    );
+    await expect(s.commands.run([])).rejects.toThrow(/non-empty array/);
+    expect(() => s.createCodeContext({ cwd: "relative" })).toThrow(/absolute/);
+    await s.destroy();
+    await expect(s.runCode("1")).rejects.toThrow(/has ended \(destroyed\)/);
+  });
+});

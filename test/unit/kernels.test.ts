@@ -1,0 +1,97 @@
+import { execFileSync } from "node:child_process";
+import { describe, expect, it } from "vitest";
+import { KERNELS, parseContextLanguage, shellQuote } from "../../src/kernels/kernels.js";
+import {
+  DONE_KERNEL_LOST,
+  DONE_SANDBOX_KILLED,
+  DONE_TIMED_OUT,
+  decodeCallDone,
+} from "../../src/supervisor/protocol.js";
+
+describe("shellQuote", () => {
+  it.each(["", "plain", "it's", "a b\nc", "$(rm -rf /)", "`x`", "'\"'", "é€😀", "\\"])(
+    "bash reads %j back exactly",
+    (s) => {
+      const out = execFileSync("bash", ["-c", `printf %s ${shellQuote(s)}`], { encoding: "utf8" });
+      expect(out).toBe(s);
+    },
+  );
+});
+
+describe("shell kernel requests", () => {
+  const shell = KERNELS.shell;
+  it("is the code, NUL-terminated", () => {
+    expect(shell.encodeRequest("echo hi", {})).toEqual(Buffer.from("echo hi\0"));
+  });
+  it("puts per-call variables before eval, quoted", () => {
+    const req = shell.encodeRequest("echo $A", { A: "x'; rm -rf /" }).toString();
+    expect(req).toBe(`A='x'\\''; rm -rf /' eval 'echo $A'\0`);
+    const out = execFileSync("bash", ["-c", req.slice(0, -1)], { encoding: "utf8" });
+    expect(out).toBe("x'; rm -rf /\n");
+  });
+  it("refuses a NUL in the code and bad variable names", () => {
+    expect(() => shell.encodeRequest("a\0b", {})).toThrow(/NUL/);
+    expect(() => shell.encodeRequest("x", { "A B": "1" })).toThrow(/invalid environment/);
+    expect(() => shell.encodeRequest("x", { "1A": "1" })).toThrow(/invalid environment/);
+  });
+  it("reads the exit status from END, and nothing else", () => {
+    expect(shell.decodeEnd(Buffer.from("0")).exitCode).toBe(0);
+    expect(shell.decodeEnd(Buffer.from("255")).exitCode).toBe(255);
+    for (const bad of ["", "-1", "1.5", "abc", "1234"]) {
+      expect(shell.decodeEnd(Buffer.from(bad)).exitCode).toBeNull();
+    }
+  });
+});
+
+describe("python kernel frames", () => {
+  const py = KERNELS.python;
+  it("encodes a length-prefixed JSON request", () => {
+    const req = py.encodeRequest("print(1)", { A: "1" });
+    expect(req.readUInt32BE(0)).toBe(req.length - 4);
+    expect(JSON.parse(req.subarray(4).toString())).toEqual({ code: "print(1)", env: { A: "1" } });
+  });
+  it("decodes events and ignores what it does not know", () => {
+    expect(py.decodeEvent(Buffer.from('{"type":"ready"}'))).toEqual({ type: "ready" });
+    expect(
+      py.decodeEvent(Buffer.from('{"type":"result","data":{"text/plain":"1"},"metadata":{}}')),
+    ).toEqual({ type: "result", data: { "text/plain": "1" }, metadata: {} });
+    expect(py.decodeEvent(Buffer.from('{"type":"error","ename":"E","evalue":1}'))).toEqual({
+      type: "error",
+      error: { ename: "E", evalue: "1", traceback: [] },
+    });
+    expect(py.decodeEvent(Buffer.from('{"type":"bogus"}'))).toBeNull();
+    expect(py.decodeEvent(Buffer.from("not json"))).toBeNull();
+    expect(py.decodeEvent(Buffer.from("null"))).toBeNull();
+    expect(py.decodeEnd(Buffer.from('{"executionCount":3}')).executionCount).toBe(3);
+    expect(py.decodeEnd(Buffer.from('{"executionCount":"3"}')).executionCount).toBeNull();
+  });
+});
+
+describe("context languages", () => {
+  it("accepts names and aliases, refuses others in one line", () => {
+    expect(parseContextLanguage("Python")).toBe("python");
+    expect(parseContextLanguage("bash")).toBe("shell");
+    expect(() => parseContextLanguage("cobol")).toThrow(
+      /^unknown context language "cobol": expected one of python, shell$/,
+    );
+  });
+});
+
+describe("CTX_DONE", () => {
+  it("decodes flags, sweep count and wall time", () => {
+    const p = Buffer.alloc(16);
+    p.writeUInt32BE(DONE_TIMED_OUT | DONE_SANDBOX_KILLED, 0);
+    p.writeUInt32BE(7, 4);
+    p.writeBigUInt64BE(1234567n, 8);
+    expect(decodeCallDone(p)).toEqual({
+      timedOut: true,
+      kernelLost: false,
+      sandboxKilled: true,
+      swept: 7,
+      wallUs: 1234567,
+    });
+    p.writeUInt32BE(DONE_KERNEL_LOST, 0);
+    expect(decodeCallDone(p).kernelLost).toBe(true);
+    expect(() => decodeCallDone(Buffer.alloc(15))).toThrow(RangeError);
+  });
+});
