@@ -224,6 +224,8 @@ export class CodeContext {
     const request = this.kernel.encodeRequest(code, opts.envs ?? {});
     const started = performance.now();
     const ch = await this.ensureKernel();
+    // Contexts may run side by side: the window is the sandbox's, from this call's start.
+    this.host.sandbox.cgroup.resetPeak();
     const before = await this.host.usage();
     const stdout = new CappedOutput(opts.outputCapBytes);
     const stderr = new CappedOutput(opts.outputCapBytes);

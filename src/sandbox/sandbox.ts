@@ -119,6 +119,20 @@ export interface ExecOutcome {
   usage: CgroupUsage;
 }
 
+/** A program started with `Sandbox.start`. */
+export interface RunningProcess {
+  /** The pid inside the sandbox; rejects if the program could not start. */
+  pid: Promise<number>;
+  outcome: Promise<ExecOutcome>;
+  writeStdin(data: Buffer | string): void;
+  closeStdin(): void;
+  /** Sent to the program's process group. */
+  signal(signo: number): void;
+  /** Output so far, within the cap. */
+  stdout: CappedOutput;
+  stderr: CappedOutput;
+}
+
 export class Sandbox {
   private client: SupervisorClient | null = null;
   private stopped = false;
@@ -279,11 +293,19 @@ export class Sandbox {
   }
 
   /** Run one program to completion, streaming its output under the cap. */
-  async exec(req: ExecRequest): Promise<ExecOutcome> {
+  exec(req: ExecRequest): Promise<ExecOutcome> {
+    return this.start(req).outcome;
+  }
+
+  /**
+   * Start one program and return at once: its pid once it runs, its stdin, signals, and
+   * the outcome once it has exited. With `stdinPipe` the caller feeds stdin itself.
+   */
+  start(req: ExecRequest & { stdinPipe?: boolean }): RunningProcess {
     const client = this.requireClient();
     const stdout = new CappedOutput(req.outputCapBytes);
     const stderr = new CappedOutput(req.outputCapBytes);
-    const before = await this.cgroup.usage();
+    const before = this.cgroup.usageNow();
     const started = performance.now();
     const env = { ...this.spec.image.env, HOME: "/root", LANG: "C.UTF-8", ...req.env };
     const handle = client.spawn({
@@ -291,7 +313,7 @@ export class Sandbox {
       env,
       cwd: req.cwd ?? "/work",
       timeoutMs: req.timeoutMs,
-      stdin: req.stdin !== undefined,
+      stdin: req.stdin !== undefined || req.stdinPipe === true,
       onStdout: (c) => {
         const part = stdout.push(c);
         if (part.length > 0) req.onStdout?.(part);
@@ -302,52 +324,66 @@ export class Sandbox {
       },
     });
     if (req.stdin !== undefined) void feedStdin(handle, req.stdin);
-    // The supervisor enforces the timeout inside; this backstop covers a supervisor that
-    // cannot (stopped, starved): past it the whole container is killed.
-    let backstopFired = false;
-    const backstop = setTimeout(() => {
-      backstopFired = true;
-      void this.host.runtime.kill(this.id);
-    }, req.timeoutMs + 3000);
-    let exit: ExitInfo | null = null;
-    try {
-      await handle.started;
-      exit = await handle.exited;
-    } catch (err) {
-      // A lost supervisor is reported below as sandbox_killed; anything else is an error.
-      const e = asCorralError(err);
-      if (e.code !== "supervisor_failed") throw e;
-    } finally {
-      clearTimeout(backstop);
-    }
-    const durationMs = performance.now() - started;
-    const usage = await this.cgroup.usage();
-    const oom = (usage.oomKills ?? 0) > (before.oomKills ?? 0);
-    const timedOut = exit?.timedOut === true || backstopFired;
-    if (exit === null) {
-      // The supervisor is gone, so the sandbox is: report why, from the kernel's counters.
-      this.stopped = true;
+    const finish = async (): Promise<ExecOutcome> => {
+      // The supervisor enforces the timeout inside; this backstop covers a supervisor that
+      // cannot (stopped, starved): past it the whole container is killed.
+      let backstopFired = false;
+      const backstop =
+        req.timeoutMs > 0
+          ? setTimeout(() => {
+              backstopFired = true;
+              void this.host.runtime.kill(this.id);
+            }, req.timeoutMs + 3000)
+          : null;
+      let exit: ExitInfo | null = null;
+      try {
+        await handle.started;
+        exit = await handle.exited;
+      } catch (err) {
+        // A lost supervisor is reported below as sandbox_killed; anything else is an error.
+        const e = asCorralError(err);
+        if (e.code !== "supervisor_failed") throw e;
+      } finally {
+        if (backstop) clearTimeout(backstop);
+      }
+      const durationMs = performance.now() - started;
+      const usage = this.cgroup.usageNow();
+      const oom = (usage.oomKills ?? 0) > (before.oomKills ?? 0);
+      const timedOut = exit?.timedOut === true || backstopFired;
+      if (exit === null) {
+        // The supervisor is gone, so the sandbox is: report why, from the kernel's counters.
+        this.stopped = true;
+        return {
+          exit,
+          exitCode: 137,
+          killed: oom ? "oom" : timedOut ? "timeout" : null,
+          sandboxKilled: true,
+          durationMs,
+          stdout,
+          stderr,
+          usage: diffUsage(before, usage),
+        };
+      }
       return {
         exit,
-        exitCode: 137,
-        killed: oom ? "oom" : timedOut ? "timeout" : null,
-        sandboxKilled: true,
+        exitCode: exit.how === "exited" ? exit.code : 128 + exit.code,
+        // oom only from the cgroup's OOM-kill counter, never guessed from SIGKILL.
+        killed: timedOut ? "timeout" : oom ? "oom" : null,
+        sandboxKilled: false,
         durationMs,
         stdout,
         stderr,
         usage: diffUsage(before, usage),
       };
-    }
+    };
     return {
-      exit,
-      exitCode: exit.how === "exited" ? exit.code : 128 + exit.code,
-      // oom only from the cgroup's OOM-kill counter, never guessed from SIGKILL.
-      killed: timedOut ? "timeout" : oom ? "oom" : null,
-      sandboxKilled: false,
-      durationMs,
+      pid: handle.started,
+      outcome: finish(),
+      writeStdin: (d) => handle.writeStdin(d),
+      closeStdin: () => handle.closeStdin(),
+      signal: (signo) => handle.signal(signo),
       stdout,
       stderr,
-      usage: diffUsage(before, usage),
     };
   }
 

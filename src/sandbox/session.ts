@@ -12,9 +12,15 @@ import { asCorralError, CorralError } from "../core/errors.js";
 import type { Limits } from "../core/limits.js";
 import type { ImageRef } from "../core/sandbox.js";
 import { type ContextLanguage, parseContextLanguage } from "../kernels/kernels.js";
+import {
+  type CommandHandle,
+  type CommandInfo,
+  type CommandOptions,
+  type CommandResult,
+  TrackedCommand,
+} from "./commands.js";
 import { CodeContext, type ContextInfo, type Execution, type RunOptions } from "./context.js";
 import type { Host } from "./host.js";
-import { type StreamResult, streamResult } from "./run-code.js";
 import { SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { Sandbox } from "./sandbox.js";
 import { type DecodedChunk, Utf8Stream } from "./utf8-stream.js";
@@ -46,24 +52,7 @@ export interface RunCodeOptions extends Partial<Omit<RunOptions, "outputCapBytes
   language?: string;
 }
 
-export interface CommandOptions {
-  cwd?: string;
-  envs?: Record<string, string>;
-  timeoutMs?: number;
-  /** Bytes for the command's stdin (closed after them); otherwise stdin is /dev/null. */
-  stdin?: string | Buffer;
-  onStdout?: (chunk: DecodedChunk) => void;
-  onStderr?: (chunk: DecodedChunk) => void;
-}
-
-export interface CommandResult {
-  stdout: StreamResult;
-  stderr: StreamResult;
-  exitCode: number;
-  killed: "timeout" | "oom" | null;
-  durationMs: number;
-  cpuMs: number | null;
-}
+export type { CommandHandle, CommandInfo, CommandOptions, CommandResult } from "./commands.js";
 
 export type SessionEndReason = "destroyed" | "timeout" | "idle" | "sandbox_killed";
 
@@ -93,14 +82,24 @@ export class Session {
   readonly workdir: string;
   private readonly contexts = new Map<string, CodeContext>();
   private readonly defaults = new Map<ContextLanguage, CodeContext>();
-  private activeCommands = 0;
+  private readonly commandsRunning = new Set<TrackedCommand>();
   private idleTimer: NodeJS.Timeout | null = null;
   private deadlineTimer: NodeJS.Timeout | null = null;
   private deadline: number | null = null;
   private ended: SessionEndReason | null = null;
   private destroying: Promise<void> | null = null;
   readonly commands: {
-    run: (cmd: string | string[], opts?: CommandOptions) => Promise<CommandResult>;
+    /** Run to completion; with `background: true`, return a handle once it runs. */
+    run: {
+      (cmd: string | string[], opts: CommandOptions & { background: true }): Promise<CommandHandle>;
+      (cmd: string | string[], opts?: CommandOptions): Promise<CommandResult>;
+    };
+    /** Start in the background: a handle once the program runs. */
+    start: (cmd: string | string[], opts?: CommandOptions) => Promise<CommandHandle>;
+    list: () => CommandInfo[];
+    kill: (pid: number, signal?: number) => boolean;
+    connect: (pid: number, opts?: Pick<CommandOptions, "onStdout" | "onStderr">) => CommandHandle;
+    sendStdin: (pid: number, data: string | Buffer) => void;
   };
 
   private constructor(
@@ -112,7 +111,17 @@ export class Session {
     this.id = sandbox.id;
     this.metadata = { ...(options.metadata ?? {}) };
     this.workdir = options.workdir ?? DEFAULT_WORKDIR;
-    this.commands = { run: (cmd, opts) => this.runCommand(cmd, opts ?? {}) };
+    this.commands = {
+      run: ((cmd: string | string[], opts?: CommandOptions) =>
+        opts?.background
+          ? this.runBackground(cmd, opts)
+          : this.runCommand(cmd, opts ?? {})) as Session["commands"]["run"],
+      start: (cmd, opts) => this.runBackground(cmd, { ...opts, background: true }),
+      list: () => this.listCommands(),
+      kill: (pid, signal) => this.killCommand(pid, signal),
+      connect: (pid, opts) => this.connectCommand(pid, opts),
+      sendStdin: (pid, data) => this.connectCommand(pid).sendStdin(data),
+    };
   }
 
   static async create(host: Host, options: SessionOptions): Promise<Session> {
@@ -274,7 +283,8 @@ export class Session {
     }
   }
 
-  private async runCommand(cmd: string | string[], opts: CommandOptions): Promise<CommandResult> {
+  /** Start a command: a string runs under `bash -c`, an array runs with no shell. */
+  private startCommand(cmd: string | string[], opts: CommandOptions): TrackedCommand {
     this.requireLive();
     const argv = typeof cmd === "string" ? ["bash", "-c", cmd] : cmd;
     if (!Array.isArray(argv) || argv.length === 0 || argv.some((a) => typeof a !== "string")) {
@@ -284,47 +294,96 @@ export class Session {
       );
     }
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
-    const decoders = { out: new Utf8Stream(), err: new Utf8Stream() };
-    this.activeCommands++;
-    this.pauseIdle();
-    try {
-      const started = performance.now();
-      const outcome = await this.sandbox.exec({
-        argv,
-        env: { ...this.envs, ...checkEnvs(opts.envs, "the command's envs") },
-        cwd: opts.cwd ?? this.workdir,
-        timeoutMs,
-        outputCapBytes: this.options.limits.outputCapBytes,
-        ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}),
-        onStdout: (c) => {
-          const d = decoders.out.push(c);
-          if (d.text || d.base64) opts.onStdout?.(d);
-        },
-        onStderr: (c) => {
-          const d = decoders.err.push(c);
-          if (d.text || d.base64) opts.onStderr?.(d);
-        },
-      });
-      for (const [d, cb] of [
-        [decoders.out, opts.onStdout],
-        [decoders.err, opts.onStderr],
-      ] as const) {
-        const rest = d.end();
-        if (rest.text || rest.base64) cb?.(rest);
-      }
-      if (outcome.sandboxKilled) void this.end("sandbox_killed");
-      return {
-        stdout: streamResult(outcome.stdout.bytes(), outcome.stdout.total),
-        stderr: streamResult(outcome.stderr.bytes(), outcome.stderr.total),
-        exitCode: outcome.exitCode,
-        killed: outcome.killed,
-        durationMs: Math.round((performance.now() - started) * 10) / 10,
-        cpuMs: outcome.usage.cpuUs === null ? null : Math.round(outcome.usage.cpuUs / 100) / 10,
-      };
-    } finally {
-      this.activeCommands--;
-      this.touch();
+    if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
+      throw new CorralError(
+        "invalid_argument",
+        "timeoutMs must be a number of milliseconds (0: no timeout)",
+      );
     }
+    const envs = checkEnvs(opts.envs, "the command's envs");
+    const cwd = opts.cwd ?? this.workdir;
+    const tracked = new TrackedCommand(cmd, cwd, opts);
+    const stdin =
+      typeof opts.stdin === "string" || Buffer.isBuffer(opts.stdin)
+        ? { stdin: opts.stdin }
+        : { stdinPipe: opts.stdin === true };
+    const proc = this.sandbox.start({
+      argv,
+      env: { ...this.envs, ...envs },
+      cwd,
+      timeoutMs,
+      outputCapBytes: this.options.limits.outputCapBytes,
+      ...stdin,
+      onStdout: (c) => tracked.output("stdout", c),
+      onStderr: (c) => tracked.output("stderr", c),
+    });
+    tracked.attach(proc);
+    this.commandsRunning.add(tracked);
+    this.pauseIdle();
+    void proc.pid.then(
+      (pid) => {
+        tracked.pid = pid;
+      },
+      () => undefined,
+    );
+    tracked.done = proc.outcome
+      .then((outcome) => {
+        if (outcome.sandboxKilled) void this.end("sandbox_killed");
+        return tracked.finish(outcome);
+      })
+      .finally(() => {
+        this.commandsRunning.delete(tracked);
+        this.touch();
+      });
+    // A background command's result may never be asked for: its failure is not unhandled.
+    tracked.done.catch(() => undefined);
+    return tracked;
+  }
+
+  private async runCommand(cmd: string | string[], opts: CommandOptions): Promise<CommandResult> {
+    return this.startCommand(cmd, opts).done;
+  }
+
+  private async runBackground(
+    cmd: string | string[],
+    opts: CommandOptions,
+  ): Promise<CommandHandle> {
+    const tracked = this.startCommand(cmd, opts);
+    try {
+      await tracked.started();
+    } catch (err) {
+      await tracked.done.catch(() => undefined);
+      throw asCorralError(err);
+    }
+    return tracked.handle(opts);
+  }
+
+  private trackedByPid(pid: number): TrackedCommand {
+    for (const t of this.commandsRunning) if (t.pid === pid) return t;
+    throw new CorralError("not_found", `no running command with pid ${pid} in session ${this.id}`);
+  }
+
+  /** The commands that run now, started through this session. */
+  private listCommands(): CommandInfo[] {
+    return [...this.commandsRunning]
+      .filter((t) => t.pid !== null)
+      .map((t) => ({ pid: t.pid as number, cmd: t.cmd, cwd: t.cwd, startedAt: t.startedAt }));
+  }
+
+  /** Send a signal (default SIGKILL) to a running command's process group. */
+  private killCommand(pid: number, signal = 9): boolean {
+    this.requireLive();
+    for (const t of this.commandsRunning) if (t.pid === pid) return t.handle({}).kill(signal);
+    return false;
+  }
+
+  /** Re-attach to a running command: what it printed so far, then what it prints next. */
+  private connectCommand(
+    pid: number,
+    opts: Pick<CommandOptions, "onStdout" | "onStderr"> = {},
+  ): CommandHandle {
+    this.requireLive();
+    return this.trackedByPid(pid).handle(opts, true);
   }
 
   /** Set (or move) the hard deadline to `ms` from now, as E2B's setTimeout does. */
@@ -354,7 +413,7 @@ export class Session {
   }
 
   private busy(): boolean {
-    if (this.activeCommands > 0) return true;
+    if (this.commandsRunning.size > 0) return true;
     for (const c of this.contexts.values()) if (c.pending > 0) return true;
     return false;
   }

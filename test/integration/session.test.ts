@@ -443,3 +443,96 @@ describe("session lifetime", () => {
     await expect(s.runCode("1")).rejects.toThrow(/has ended \(destroyed\)/);
   });
 });
+
+describe("background commands", () => {
+  it("a background HTTP server answers a request made from a context; list, connect, kill", async () => {
+    const s = await session();
+    const seen: string[] = [];
+    const srv = await s.commands.run("exec python3 -u -m http.server 8123 --bind 127.0.0.1", {
+      background: true,
+      timeoutMs: 0,
+      onStdout: (c) => seen.push(c.text),
+    });
+    expect(srv.pid).toBeGreaterThan(1);
+    expect(s.commands.list().map((c) => c.pid)).toContain(srv.pid);
+    const r = await s.runCode(
+      [
+        "import urllib.request, time",
+        "for _ in range(100):",
+        "    try:",
+        "        body = urllib.request.urlopen('http://127.0.0.1:8123/').read(); break",
+        "    except OSError: time.sleep(0.05)",
+        "b'Directory listing' in body",
+      ].join("\n"),
+    );
+    expect(r.error).toBeNull();
+    expect(r.results[0]?.data["text/plain"]).toBe("True");
+    // Re-attach: the output so far is replayed, later output streams to the new listener.
+    const replayed: string[] = [];
+    const again = s.commands.connect(srv.pid, { onStdout: (c) => replayed.push(c.text) });
+    expect(replayed.join("")).toMatch(/Serving HTTP on 127\.0\.0\.1 port 8123/);
+    expect(again.stdout).toBe(seen.join(""));
+    expect(srv.kill(15)).toBe(true);
+    const res = await srv.wait();
+    expect(res.exitCode).toBe(128 + 15);
+    expect(res.killed).toBeNull();
+    expect(s.commands.list()).toEqual([]);
+    expect(srv.kill()).toBe(false);
+    expect(() => s.commands.connect(srv.pid)).toThrow(/no running command/);
+    await s.destroy();
+  });
+
+  it("sendStdin and closeStdin reach a background program", async () => {
+    const s = await session();
+    const cat = await s.commands.run(["cat"], { background: true, stdin: true });
+    cat.sendStdin("hello ");
+    s.commands.sendStdin(cat.pid, "world\n");
+    cat.closeStdin();
+    const r = await cat.wait();
+    expect(r.stdout.text).toBe("hello world\n");
+    expect(r.exitCode).toBe(0);
+    expect(() => cat.sendStdin("late")).toThrow(/has exited/);
+    await s.destroy();
+  });
+
+  it("a background command keeps the session from idling out; it times out like any other", async () => {
+    const s = await session({}, { idleTtlMs: 800 });
+    const bg = await s.commands.run("sleep 2; echo slept", { background: true });
+    await new Promise((res) => setTimeout(res, 1300));
+    expect(s.endReason).toBeNull();
+    expect((await bg.wait()).stdout.text).toBe("slept\n");
+    const short = await s.commands.run("sleep 30", { background: true, timeoutMs: 300 });
+    expect((await short.wait()).killed).toBe("timeout");
+    await new Promise((res) => setTimeout(res, 1300));
+    expect(s.endReason).toBe("idle");
+  });
+
+  it("a program that cannot start is an error, not a handle", async () => {
+    const s = await session();
+    await expect(s.commands.run(["/no/such/program"], { background: true })).rejects.toThrow(
+      /no\/such\/program/,
+    );
+    expect(s.commands.list()).toEqual([]);
+    await s.destroy();
+  });
+
+  it("every command result carries its wall time, CPU time and peak memory", async () => {
+    const s = await session();
+    const r = await s.commands.run(
+      'python3 -c "b = bytearray(64 * 1024 * 1024); [0 for _ in range(2_000_000)]"',
+    );
+    expect(r.exitCode).toBe(0);
+    expect(r.durationMs).toBeGreaterThan(0);
+    expect(r.cpuMs).toBeGreaterThan(20);
+    expect(r.peakMemoryBytes).toBeGreaterThan(64 * MiB);
+    const c = await s.runCode("b = bytearray(96 * 1024 * 1024)\nsum(range(3_000_000))");
+    expect(c.durationMs).toBeGreaterThan(0);
+    expect(c.cpuMs).toBeGreaterThan(10);
+    expect(c.peakMemoryBytes).toBeGreaterThan(96 * MiB);
+    // The next call's peak is its own (cgroup v1 resets the window; v2 keeps the high).
+    await s.runCode("del b\nimport gc; gc.collect()");
+    const d = await s.runCode("1");
+    if (s.sandbox.cgroup.version === 1) expect(d.peakMemoryBytes).toBeLessThan(96 * MiB);
+    await s.destroy();
+  });
+});

@@ -3,7 +3,7 @@
  * runc creates and removes the cgroup; Corral only reads it, and gc removes leftovers.
  * cgroup v1 (tested here) and v2 (unified; mapped from the kernel docs) are both handled.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { readdir, readFile, rmdir } from "node:fs/promises";
 import path from "node:path";
 
@@ -112,6 +112,22 @@ export class CgroupReader {
 
   async usage(): Promise<CgroupUsage> {
     return this.usageNow();
+  }
+
+  /**
+   * Start a new peak-memory window, so that a call's peak is its own and not the
+   * sandbox's lifetime high. cgroup v1 resets `memory.max_usage_in_bytes` on a write of 0;
+   * v2's `memory.peak` resets only per open file (Linux 6.12+), so there the peak stays
+   * the sandbox's since creation. Returns whether the window was reset.
+   */
+  resetPeak(): boolean {
+    if (this.version === 2) return false;
+    try {
+      writeFileSync(this.file("memory", "memory.max_usage_in_bytes"), "0");
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   async limits(): Promise<CgroupLimitsSeen> {
