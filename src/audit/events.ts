@@ -13,6 +13,7 @@ export type EventKind =
   | "exec"
   | "session.end"
   | "files.out"
+  | "files.changed"
   | "gc.remove"
   | "image.build"
   | "image.remove";

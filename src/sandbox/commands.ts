@@ -27,6 +27,8 @@ export interface CommandOptions {
 }
 
 export interface CommandResult {
+  /** Names this command in events and in the session's file-change windows. */
+  id: string;
   pid: number | null;
   stdout: StreamResult;
   stderr: StreamResult;
@@ -49,6 +51,8 @@ export interface CommandInfo {
 }
 
 export interface CommandHandle {
+  /** The execution id of the command (as on its result). */
+  id: string;
   pid: number;
   /** Resolves with the result once the command has exited (a non-zero status included). */
   wait(): Promise<CommandResult>;
@@ -78,6 +82,7 @@ export class TrackedCommand {
   done!: Promise<CommandResult>;
 
   constructor(
+    readonly id: string,
     readonly cmd: string | string[],
     readonly cwd: string,
     listener: Listener,
@@ -119,6 +124,7 @@ export class TrackedCommand {
     this.listeners.clear();
     const exit = outcome.exit;
     return {
+      id: this.id,
       pid: this.pid,
       stdout: streamResult(outcome.stdout.bytes(), outcome.stdout.total),
       stderr: streamResult(outcome.stderr.bytes(), outcome.stderr.total),
@@ -148,6 +154,7 @@ export class TrackedCommand {
     }
     const self = this;
     return {
+      id: this.id,
       pid,
       wait: () => this.done,
       kill: (signal = 9) => {

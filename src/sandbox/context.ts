@@ -38,6 +38,8 @@ export type ExecEvent =
   | { type: "end"; execution: Execution };
 
 export interface Execution {
+  /** Names this call in events and in the session's file-change windows. */
+  id: string;
   context: string;
   language: ContextLanguage;
   results: RichResult[];
@@ -60,6 +62,8 @@ export interface Execution {
 
 export interface RunOptions {
   timeoutMs: number;
+  /** The session's id for this call (exec-...); one is made if absent. */
+  executionId?: string;
   envs?: Record<string, string>;
   outputCapBytes: number;
   onStdout?: (chunk: DecodedChunk) => void;
@@ -86,6 +90,10 @@ export interface ContextHost {
 }
 
 const KERNEL_START_TIMEOUT_MS = 60_000;
+
+export function newExecutionId(): string {
+  return `exec-${randomBytes(6).toString("hex")}`;
+}
 
 export function newContextId(): string {
   return `ctx-${randomBytes(6).toString("hex")}`;
@@ -316,6 +324,7 @@ export class CodeContext {
     }
     const finalEnd = end as KernelEnd | null;
     const execution: Execution = {
+      id: opts.executionId ?? newExecutionId(),
       context: this.id,
       language: this.language,
       results,

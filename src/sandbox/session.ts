@@ -8,6 +8,8 @@
  * One-shot `corral run` stays create → run → destroy on the same Sandbox; a session adds
  * contexts (stateful kernels under the supervisor's keepers) on top of it.
  */
+import { createHash } from "node:crypto";
+import type { Outcome } from "../audit/events.js";
 import { asCorralError, CorralError } from "../core/errors.js";
 import type { Limits } from "../core/limits.js";
 import type { ImageRef } from "../core/sandbox.js";
@@ -19,7 +21,14 @@ import {
   type CommandResult,
   TrackedCommand,
 } from "./commands.js";
-import { CodeContext, type ContextInfo, type Execution, type RunOptions } from "./context.js";
+import {
+  CodeContext,
+  type ContextInfo,
+  type Execution,
+  newExecutionId,
+  type RunOptions,
+} from "./context.js";
+import { type ChangeWindow, FileChangeTracker } from "./file-changes.js";
 import type { Host } from "./host.js";
 import { SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { Sandbox } from "./sandbox.js";
@@ -28,6 +37,20 @@ import { type DecodedChunk, Utf8Stream } from "./utf8-stream.js";
 export const DEFAULT_IDLE_TTL_MS = 300_000;
 export const DEFAULT_CALL_TIMEOUT_MS = 60_000;
 export const DEFAULT_WORKDIR = "/work";
+const MAX_CHANGES_IN_EVENT = 1000;
+
+/** What the audit keeps of code: its digest and size, and its head for a reader. */
+function codeDigest(code: string): { sha256: string; bytes: number; head: string } {
+  return {
+    sha256: createHash("sha256").update(code).digest("hex"),
+    bytes: Buffer.byteLength(code),
+    head: code.slice(0, 200),
+  };
+}
+
+function argvSummary(argv: string[]): string[] {
+  return argv.slice(0, 32).map((a) => (a.length > 200 ? `${a.slice(0, 200)}...` : a));
+}
 
 export interface SessionOptions {
   image: ImageRef;
@@ -83,6 +106,7 @@ export class Session {
   private readonly contexts = new Map<string, CodeContext>();
   private readonly defaults = new Map<ContextLanguage, CodeContext>();
   private readonly commandsRunning = new Set<TrackedCommand>();
+  private readonly changes: FileChangeTracker;
   private idleTimer: NodeJS.Timeout | null = null;
   private deadlineTimer: NodeJS.Timeout | null = null;
   private deadline: number | null = null;
@@ -111,6 +135,23 @@ export class Session {
     this.id = sandbox.id;
     this.metadata = { ...(options.metadata ?? {}) };
     this.workdir = options.workdir ?? DEFAULT_WORKDIR;
+    this.changes = new FileChangeTracker(sandbox.upperPath(""), sandbox.spec.image.rootfs, (w) =>
+      host.events.emit({
+        principal: host.config.principal,
+        sandbox: sandbox.id,
+        kind: "files.changed",
+        details: {
+          window: { seq: w.seq, from: w.from.toISOString(), to: w.to.toISOString() },
+          // The changes belong to the window: with several executions in it, to all of them.
+          attribution: w.executions.length === 1 ? "execution" : "window",
+          executions: w.executions,
+          changes: w.changes.slice(0, MAX_CHANGES_IN_EVENT),
+          changeCount: w.changes.length,
+          truncated: w.truncated || w.changes.length > MAX_CHANGES_IN_EVENT,
+        },
+        outcome: "ok",
+      }),
+    );
     this.commands = {
       run: ((cmd: string | string[], opts?: CommandOptions) =>
         opts?.background
@@ -144,6 +185,7 @@ export class Session {
     const sandbox = await Sandbox.create(host, { image: options.image, limits: options.limits });
     const session = new Session(host, sandbox, options, envs);
     try {
+      await session.changes.init();
       await session.checkWorkdir(workdir);
     } catch (err) {
       await sandbox.destroy().catch(() => undefined);
@@ -274,13 +316,54 @@ export class Session {
       timeoutMs,
       envs: checkEnvs(opts.envs, "the call's envs"),
       outputCapBytes: this.options.limits.outputCapBytes,
+      executionId: newExecutionId(),
     };
+    const id = run.executionId as string;
     this.pauseIdle();
+    this.changes.begin(id);
     try {
-      return await ctx.run(code, run);
+      const execution = await ctx.run(code, run);
+      this.audit(id, execution.killed ?? (execution.error ? "error" : "ok"), {
+        context: execution.context,
+        language: execution.language,
+        code: codeDigest(code),
+        executionCount: execution.executionCount,
+        exitCode: execution.exitCode,
+        error: execution.error?.ename ?? null,
+        killed: execution.killed,
+        stateLost: execution.stateLost,
+        sandboxKilled: execution.sandboxKilled,
+        durationMs: execution.durationMs,
+        cpuMs: execution.cpuMs,
+        peakMemoryBytes: execution.peakMemoryBytes,
+        stdoutBytes: execution.stdout.bytes,
+        stderrBytes: execution.stderr.bytes,
+        results: execution.results.length,
+      });
+      return execution;
     } finally {
+      this.changes.finish(id);
       this.touch();
     }
+  }
+
+  /** One audit event per execution: who, what (a digest of the code), resources, outcome. */
+  private audit(id: string, outcome: Outcome, details: Record<string, unknown>): void {
+    this.host.events.emit({
+      principal: this.host.config.principal,
+      sandbox: this.id,
+      kind: "exec",
+      details: { execution: id, ...details },
+      outcome,
+    });
+  }
+
+  /**
+   * The file changes of the window in which an execution ran (walking the layer now if
+   * that window is still open); null if the execution is unknown or too old.
+   */
+  async fileChanges(executionId: string): Promise<ChangeWindow | null> {
+    return this.changes.windowOf(executionId);
   }
 
   /** Start a command: a string runs under `bash -c`, an array runs with no shell. */
@@ -302,7 +385,7 @@ export class Session {
     }
     const envs = checkEnvs(opts.envs, "the command's envs");
     const cwd = opts.cwd ?? this.workdir;
-    const tracked = new TrackedCommand(cmd, cwd, opts);
+    const tracked = new TrackedCommand(newExecutionId(), cmd, cwd, opts);
     const stdin =
       typeof opts.stdin === "string" || Buffer.isBuffer(opts.stdin)
         ? { stdin: opts.stdin }
@@ -319,6 +402,7 @@ export class Session {
     });
     tracked.attach(proc);
     this.commandsRunning.add(tracked);
+    this.changes.begin(tracked.id);
     this.pauseIdle();
     void proc.pid.then(
       (pid) => {
@@ -329,10 +413,24 @@ export class Session {
     tracked.done = proc.outcome
       .then((outcome) => {
         if (outcome.sandboxKilled) void this.end("sandbox_killed");
-        return tracked.finish(outcome);
+        const result = tracked.finish(outcome);
+        this.audit(tracked.id, result.killed ?? (result.exitCode === 0 ? "ok" : "error"), {
+          command: typeof cmd === "string" ? codeDigest(cmd) : { argv: argvSummary(cmd) },
+          cwd,
+          background: opts.background === true,
+          exitCode: result.exitCode,
+          killed: result.killed,
+          durationMs: result.durationMs,
+          cpuMs: result.cpuMs,
+          peakMemoryBytes: result.peakMemoryBytes,
+          stdoutBytes: result.stdout.bytes,
+          stderrBytes: result.stderr.bytes,
+        });
+        return result;
       })
       .finally(() => {
         this.commandsRunning.delete(tracked);
+        this.changes.finish(tracked.id);
         this.touch();
       });
     // A background command's result may never be asked for: its failure is not unhandled.
@@ -447,9 +545,20 @@ export class Session {
         details: { reason, contexts: this.contexts.size },
         outcome: reason === "sandbox_killed" ? "killed" : "ok",
       });
-      this.destroying = this.sandbox.destroy().finally(() => this.options.onEnd?.(reason));
+      this.destroying = this.finalize().finally(() => this.options.onEnd?.(reason));
     }
     return this.destroying;
+  }
+
+  /** Stop every process, take the last file changes, then remove the sandbox. */
+  private async finalize(): Promise<void> {
+    try {
+      await this.sandbox.stop();
+      await this.changes.close();
+    } catch {
+      // destroy below reports what matters: whether the sandbox is gone
+    }
+    await this.sandbox.destroy();
   }
 
   /** Kill the sandbox and everything in it; all state is gone. */

@@ -536,3 +536,96 @@ describe("background commands", () => {
     await s.destroy();
   });
 });
+
+describe("file changes (per window, not per call)", () => {
+  it("a call's changes on demand: created, modified, deleted, image files deleted", async () => {
+    const s = await session();
+    const a = await s.runCode("open('/work/a.txt', 'w').write('one')\n1");
+    const wa = await s.fileChanges(a.id);
+    expect(wa?.executions).toContain(a.id);
+    expect(wa?.changes).toContainEqual({
+      path: "/work/a.txt",
+      change: "created",
+      type: "file",
+      size: 3,
+    });
+    const b = await s.commands.run("echo more >> /work/a.txt; rm /etc/debian_version");
+    const wb = await s.fileChanges(b.id);
+    expect(wb?.executions).toEqual([b.id]);
+    expect(wb?.changes).toEqual(
+      expect.arrayContaining([
+        { path: "/work/a.txt", change: "modified", type: "file", size: 8 },
+        { path: "/etc/debian_version", change: "deleted", type: "file", size: 0 },
+      ]),
+    );
+    const c = await s.commands.run("rm /work/a.txt");
+    expect((await s.fileChanges(c.id))?.changes).toContainEqual({
+      path: "/work/a.txt",
+      change: "deleted",
+      type: "file",
+      size: 0,
+    });
+    expect(await s.fileChanges("exec-unknown")).toBeNull();
+    await s.destroy();
+  });
+
+  it("the layer is walked by itself after 1 s idle and at destroy; events name the window", async () => {
+    const s = await session();
+    const id = s.id;
+    const r1 = await s.commands.run("touch /work/one");
+    const r2 = await s.commands.run("touch /work/two");
+    await new Promise((res) => setTimeout(res, 1500));
+    const walked = env.host.events.list({ sandbox: id }).filter((e) => e.kind === "files.changed");
+    expect(walked).toHaveLength(1);
+    const d = walked[0]!.details as {
+      executions: string[];
+      attribution: string;
+      changes: { path: string }[];
+    };
+    expect(d.executions).toEqual([r1.id, r2.id]);
+    expect(d.attribution).toBe("window");
+    expect(d.changes.map((c) => c.path)).toEqual(["/work/one", "/work/two"]);
+    const r3 = await s.commands.run("touch /work/three");
+    await s.destroy();
+    const all = env.host.events.list({ sandbox: id }).filter((e) => e.kind === "files.changed");
+    expect(all).toHaveLength(2);
+    const last = all[1]!.details as {
+      executions: string[];
+      attribution: string;
+      changes: { path: string }[];
+    };
+    expect(last.executions).toEqual([r3.id]);
+    expect(last.attribution).toBe("execution");
+    expect(last.changes.map((c) => c.path)).toEqual(["/work/three"]);
+  });
+
+  it("the walk is never redirected by a directory swapped for a symlink to /", async () => {
+    const s = await session();
+    await s.commands.run("mkdir -p /work/x/d && touch /work/x/d/inside && ln -s / /work/x/l");
+    const swapper = await s.commands.run(
+      "while :; do mv -T /work/x/d /work/x/t; mv -T /work/x/l /work/x/d; mv -T /work/x/d /work/x/l; mv -T /work/x/t /work/x/d; done",
+      { background: true, timeoutMs: 0 },
+    );
+    const { snapshotLayer } = await import("../../src/sandbox/layer-walk.js");
+    let sawLink = 0;
+    for (let i = 0; i < 300; i++) {
+      const { snapshot } = await snapshotLayer(s.sandbox.upperPath(""));
+      for (const [p, e] of snapshot) {
+        if (!p.startsWith("/work/x/")) continue;
+        // Whatever the race shows, only the sandbox's own three names and "inside" appear.
+        expect([
+          "/work/x/d",
+          "/work/x/l",
+          "/work/x/t",
+          "/work/x/d/inside",
+          "/work/x/l/inside",
+          "/work/x/t/inside",
+        ]).toContain(p);
+        if (e.type === "symlink") sawLink++;
+      }
+    }
+    expect(sawLink).toBeGreaterThan(0);
+    swapper.kill();
+    await s.destroy();
+  });
+});
