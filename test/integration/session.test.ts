@@ -629,3 +629,38 @@ describe("file changes (per window, not per call)", () => {
     await s.destroy();
   });
 });
+
+describe("packages inside a session", () => {
+  it("a wheel pip-installed in a session imports in the live kernel, and only in that session", async () => {
+    const { makeWheel } = await import("../helpers/wheel.js");
+    const wheel = makeWheel("corral_demo_pkg", "1.0", "VALUE = 42\n");
+    const s = await session();
+    const other = await session();
+    // The kernel is live (and has looked for the module) before the install.
+    const before = await s.runCode(
+      "import importlib.util\nimportlib.util.find_spec('corral_demo_pkg') is None",
+    );
+    expect(before.results[0]?.data["text/plain"]).toBe("True");
+    await s.sandbox.writeFile(`/work/${wheel.file}`, wheel.data);
+    const pip = await s.runCode(`%pip install --no-index --no-deps /work/${wheel.file}`, {
+      timeoutMs: 120_000,
+    });
+    expect(pip.stdout.text).toMatch(/Successfully installed corral.demo.pkg-1\.0/);
+    const use = await s.runCode("import corral_demo_pkg\ncorral_demo_pkg.VALUE");
+    expect(use.error).toBeNull();
+    expect(use.results[0]?.data["text/plain"]).toBe("42");
+    // The install went into this session's writable layer: not the image, not a neighbour.
+    const where = await s.runCode("corral_demo_pkg.__file__");
+    expect(where.results[0]?.data["text/plain"]).toMatch(
+      /^'\/opt\/venv\/lib\/python3[.\d]*\/site-packages\/corral_demo_pkg/,
+    );
+    const elsewhere = await other.runCode("import corral_demo_pkg");
+    expect(elsewhere.error?.ename).toBe("ModuleNotFoundError");
+    const { readdirSync } = await import("node:fs");
+    const lib = `${env.image.rootfs}/opt/venv/lib`;
+    for (const py of readdirSync(lib)) {
+      expect(readdirSync(`${lib}/${py}/site-packages`)).not.toContain("corral_demo_pkg");
+    }
+    await Promise.all([s.destroy(), other.destroy()]);
+  });
+});
