@@ -174,6 +174,12 @@ def main():
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", write_through=True)
     sys.path[0] = ""  # like a notebook: modules in the working directory import
+    # Figures as a notebook shows them: the inline backend displays each figure once, on
+    # plt.show() or when the cell ends with it open. The image's default (Agg, for
+    # scripts) gives way to it; a backend the caller chose is kept. Children inherit it,
+    # as they do from a Jupyter kernel.
+    if os.environ.get("MPLBACKEND", "").lower() in ("", "agg"):
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     sys.argv = [""]
     shell = make_shell()
     send(EVENT, {"type": "ready", "pid": os.getpid()})
