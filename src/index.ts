@@ -60,3 +60,32 @@ export async function createSandbox(options: CreateSandboxOptions = {}): Promise
     throw err;
   }
 }
+
+export { poolKey, WarmPool, type WarmPoolSpec, type WarmPoolState } from "./sandbox/warm-pool.js";
+
+/**
+ * A warm pool for sandboxes of one shape (image, limits): `size` wait ready with a
+ * running Python kernel; `take()` hands one out at once. Close it to destroy the rest.
+ */
+export async function createWarmPool(
+  options: ConfigFlags & { image?: string; limits?: LimitFlags; size: number },
+): Promise<{ pool: import("./sandbox/warm-pool.js").WarmPool; close(): Promise<void> }> {
+  const { WarmPool } = await import("./sandbox/warm-pool.js");
+  const limits = limitsFromFlags(options.limits ?? {});
+  const config = loadConfig(options);
+  const host = await openHost(config);
+  try {
+    const image = await loadImageRef(config, options.image ?? "default");
+    const pool = new WarmPool(host, { image, limits, size: options.size });
+    return {
+      pool,
+      close: async () => {
+        await pool.close();
+        host.close();
+      },
+    };
+  } catch (err) {
+    host.close();
+    throw err;
+  }
+}

@@ -41,6 +41,8 @@ export interface KernelDef {
   encodeRequest(code: string, env: Readonly<Record<string, string>>): Buffer;
   decodeEvent(payload: Buffer): KernelEvent | null;
   decodeEnd(payload: Buffer): KernelEnd;
+  /** Code that makes `envs` part of the running kernel's own environment. */
+  setEnvCode(envs: Readonly<Record<string, string>>): string;
 }
 
 const SIGINT = 2;
@@ -91,6 +93,9 @@ const python: KernelDef = {
         return null;
     }
   },
+  setEnvCode(envs) {
+    return `import os as __corral_os\n__corral_os.environ.update(${JSON.stringify(envs)})\ndel __corral_os`;
+  },
   decodeEnd(payload) {
     const m = parseJson(payload);
     const count = m?.executionCount;
@@ -129,6 +134,16 @@ const shell: KernelDef = {
   },
   decodeEvent(payload) {
     return parseJson(payload)?.type === "ready" ? { type: "ready" } : null;
+  },
+  setEnvCode(envs) {
+    return Object.entries(envs)
+      .map(([k, v]) => {
+        if (!ENV_NAME.test(k)) {
+          throw new CorralError("invalid_argument", `invalid environment variable name "${k}"`);
+        }
+        return `export ${k}=${shellQuote(v)}`;
+      })
+      .join("\n");
   },
   decodeEnd(payload) {
     const text = payload.toString("utf8");

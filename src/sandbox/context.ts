@@ -347,6 +347,24 @@ export class CodeContext {
     return execution;
   }
 
+  /** Start the kernel now (a warm pool does, so that the first call need not wait). */
+  async warm(): Promise<void> {
+    await this.ensureKernel();
+  }
+
+  /**
+   * Make variables part of the environment of a kernel that already runs (a pooled
+   * session handed out with its caller's envs); a kernel started later gets them anyway.
+   */
+  async setEnv(envs: Record<string, string>): Promise<void> {
+    if (!this.channel) return;
+    const code = this.kernel.setEnvCode(envs);
+    const r = await this.run(code, { timeoutMs: 10_000, outputCapBytes: 4096 });
+    if (r.error || (r.exitCode !== null && r.exitCode !== 0)) {
+      throw new CorralError("runtime_failed", `cannot set the environment of context ${this.id}`);
+    }
+  }
+
   /** Kill the kernel (state lost); the next call starts a new one. */
   async restart(): Promise<void> {
     const ch = this.channel ?? (this.starting ? await this.starting.catch(() => null) : null);

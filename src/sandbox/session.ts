@@ -67,7 +67,32 @@ export interface SessionOptions {
   workdir?: string;
   /** Called once the session has ended and its sandbox is gone. */
   onEnd?: (reason: SessionEndReason) => void;
+  /** Made for a warm pool: its timers start at `adopt`. */
+  pooled?: boolean;
 }
+
+/** What a caller brings when a pooled session is handed out to it. */
+export type AdoptOptions = Pick<
+  SessionOptions,
+  "envs" | "metadata" | "timeoutMs" | "idleTtlMs" | "onEnd"
+>;
+
+function checkTimes(options: Pick<SessionOptions, "timeoutMs" | "idleTtlMs">): void {
+  for (const [k, v] of [
+    ["timeoutMs", options.timeoutMs],
+    ["idleTtlMs", options.idleTtlMs],
+  ] as const) {
+    if (v !== undefined && (!Number.isFinite(v) || v <= 0 || v > MAX_TIMER_MS)) {
+      throw new CorralError(
+        "invalid_argument",
+        `${k} must be a positive number of milliseconds, at most ${MAX_TIMER_MS}`,
+      );
+    }
+  }
+}
+
+/** Node's timers hold 32-bit milliseconds: a longer delay would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface RunCodeOptions extends Partial<Omit<RunOptions, "outputCapBytes">> {
   /** A context id (from createCodeContext); else the session's default for the language. */
@@ -101,7 +126,9 @@ function checkEnvs(envs: Record<string, string> | undefined, what: string): Reco
 
 export class Session {
   readonly id: string;
-  readonly metadata: Record<string, string>;
+  metadata: Record<string, string>;
+  /** Waiting in a warm pool: no idle timer, no deadline, until `adopt`. */
+  private pooled: boolean;
   readonly workdir: string;
   private readonly contexts = new Map<string, CodeContext>();
   private readonly defaults = new Map<ContextLanguage, CodeContext>();
@@ -129,10 +156,11 @@ export class Session {
   private constructor(
     readonly host: Host,
     readonly sandbox: Sandbox,
-    private readonly options: SessionOptions,
-    private readonly envs: Record<string, string>,
+    private options: SessionOptions,
+    private envs: Record<string, string>,
   ) {
     this.id = sandbox.id;
+    this.pooled = options.pooled === true;
     this.metadata = { ...(options.metadata ?? {}) };
     this.workdir = options.workdir ?? DEFAULT_WORKDIR;
     this.changes = new FileChangeTracker(sandbox.upperPath(""), sandbox.spec.image.rootfs, (w) =>
@@ -174,14 +202,7 @@ export class Session {
         `workdir must be an absolute path, not "${workdir}"`,
       );
     }
-    for (const [k, v] of [
-      ["timeoutMs", options.timeoutMs],
-      ["idleTtlMs", options.idleTtlMs],
-    ] as const) {
-      if (v !== undefined && (!Number.isFinite(v) || v <= 0)) {
-        throw new CorralError("invalid_argument", `${k} must be a positive number of milliseconds`);
-      }
-    }
+    checkTimes(options);
     const sandbox = await Sandbox.create(host, { image: options.image, limits: options.limits });
     const session = new Session(host, sandbox, options, envs);
     try {
@@ -191,9 +212,41 @@ export class Session {
       await sandbox.destroy().catch(() => undefined);
       throw err;
     }
-    if (options.timeoutMs !== undefined) session.setTimeout(options.timeoutMs);
+    if (options.timeoutMs !== undefined && !session.pooled) session.setTimeout(options.timeoutMs);
     session.touch();
     return session;
+  }
+
+  /** Start a language's default kernel now, so that the first call does not wait for it. */
+  async prestart(language: ContextLanguage = "python"): Promise<void> {
+    this.requireLive();
+    await this.defaultContext(language).warm();
+  }
+
+  /** Whether the session waits in a pool, unclaimed. */
+  get isPooled(): boolean {
+    return this.pooled;
+  }
+
+  /**
+   * Hand a pooled session to its caller: its environment (also into kernels already
+   * running), labels, deadline and idle TTL; from now on its timers run.
+   */
+  async adopt(opts: AdoptOptions): Promise<void> {
+    this.requireLive();
+    if (!this.pooled)
+      throw new CorralError("invalid_argument", `session ${this.id} is not in a pool`);
+    checkTimes(opts);
+    const envs = checkEnvs(opts.envs, "envs");
+    this.pooled = false;
+    this.envs = envs;
+    this.metadata = { ...(opts.metadata ?? {}) };
+    this.options = { ...this.options, ...opts, pooled: false };
+    if (Object.keys(envs).length > 0) {
+      for (const ctx of this.contexts.values()) await ctx.setEnv(envs);
+    }
+    if (opts.timeoutMs !== undefined) this.setTimeout(opts.timeoutMs);
+    this.touch();
   }
 
   /** The workdir must exist: a chdir into it by the static supervisor binary tells. */
@@ -524,7 +577,7 @@ export class Session {
   /** Restart the idle timer, unless something is still running. */
   private touch(): void {
     this.pauseIdle();
-    if (this.ended || this.busy()) return;
+    if (this.ended || this.pooled || this.busy()) return;
     const ttl = this.options.idleTtlMs ?? DEFAULT_IDLE_TTL_MS;
     this.idleTimer = setTimeout(() => {
       if (!this.busy()) void this.end("idle");

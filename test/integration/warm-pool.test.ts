@@ -1,0 +1,121 @@
+/**
+ * The warm pool: ready sandboxes with a running Python kernel, handed out at once with
+ * the caller's environment, never reused, replaced in the background.
+ */
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_LIMITS } from "../../src/core/limits.js";
+import { poolKey, WarmPool } from "../../src/sandbox/warm-pool.js";
+import { type TestEnv, testEnv } from "../helpers/sandbox.js";
+
+let env: TestEnv;
+beforeAll(async () => {
+  env = await testEnv("warm-pool");
+});
+afterAll(() => env?.close());
+
+describe("poolKey", () => {
+  it("depends on image, limits and workdir, not on the order of the limits", () => {
+    const image = { name: "default", digest: "sha256:a", rootfs: "/x", env: {} };
+    const base = poolKey({ image, limits: { ...DEFAULT_LIMITS } });
+    const reordered = Object.fromEntries(
+      Object.entries(DEFAULT_LIMITS).reverse(),
+    ) as typeof DEFAULT_LIMITS;
+    expect(poolKey({ image, limits: reordered })).toBe(base);
+    expect(poolKey({ image, limits: { ...DEFAULT_LIMITS, memoryBytes: 1 << 30 } })).not.toBe(base);
+    expect(
+      poolKey({ image: { ...image, digest: "sha256:b" }, limits: { ...DEFAULT_LIMITS } }),
+    ).not.toBe(base);
+    expect(poolKey({ image, limits: { ...DEFAULT_LIMITS }, workdir: "/tmp" })).not.toBe(base);
+  });
+});
+
+describe("warm pool", () => {
+  it("hands out a ready sandbox at once, with the caller's envs; refills; never reuses", async () => {
+    const pool = new WarmPool(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+      size: 2,
+    });
+    try {
+      await pool.whenFull();
+      expect(pool.state()).toMatchObject({ ready: 2, handedOut: 0, misses: 0 });
+      const stateFile = path.join(
+        env.config.dataDir,
+        "warm-pool",
+        `${pool.key}-${process.pid}.json`,
+      );
+      expect(JSON.parse(readFileSync(stateFile, "utf8"))).toMatchObject({ size: 2, ready: 2 });
+
+      let t0 = performance.now();
+      const s = await pool.take({
+        envs: { CALLER: "me" },
+        metadata: { who: "test" },
+        idleTtlMs: 60_000,
+      });
+      const takeMs = performance.now() - t0;
+      t0 = performance.now();
+      const r = await s.runCode("import os\nprint(os.environ['CALLER'])");
+      const firstMs = performance.now() - t0;
+      expect(r.stdout.text).toBe("me\n");
+      // The kernel was already running: no 0.3 s IPython start on the first call.
+      expect(takeMs).toBeLessThan(100);
+      expect(firstMs).toBeLessThan(150);
+      expect(r.executionCount).toBeGreaterThan(0);
+      expect((await s.commands.run("echo $CALLER")).stdout.text).toBe("me\n");
+      expect(s.metadata).toEqual({ who: "test" });
+      expect(s.isPooled).toBe(false);
+      const id = s.id;
+      await s.destroy();
+
+      await pool.whenFull();
+      expect(pool.state()).toMatchObject({ ready: 2, handedOut: 1 });
+      // The destroyed sandbox is gone for good; the pool holds two others.
+      const again = [await pool.take(), await pool.take()];
+      expect(again.map((x) => x.id)).not.toContain(id);
+      expect(new Set(again.map((x) => x.id)).size).toBe(2);
+      // A third, while the pool refills, is a miss: a fresh sandbox, still usable.
+      const third = await pool.take();
+      expect((await third.runCode("1 + 1")).results[0]?.data["text/plain"]).toBe("2");
+      expect(pool.state().misses + pool.state().handedOut).toBe(4);
+      await Promise.all([...again, third].map((x) => x.destroy()));
+    } finally {
+      await pool.close();
+    }
+    // Closing destroys what waited and removes the state file.
+    expect(readdirSync(path.join(env.config.dataDir, "warm-pool"))).toEqual([]);
+    expect(existsSync(path.join(env.config.dataDir, "warm-pool"))).toBe(true);
+  });
+
+  it("a pooled sandbox has no idle timer until handed out", async () => {
+    const pool = new WarmPool(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+      size: 1,
+    });
+    try {
+      await pool.whenFull();
+      const s = await pool.take({ idleTtlMs: 500 });
+      await new Promise((r) => setTimeout(r, 900));
+      expect(s.endReason).toBe("idle");
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it("refuses bad adoption options without leaking the sandbox", async () => {
+    const pool = new WarmPool(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+      size: 1,
+    });
+    try {
+      await pool.whenFull();
+      await expect(pool.take({ envs: { "BAD NAME": "x" } })).rejects.toThrow(/invalid environment/);
+      await expect(pool.take({ idleTtlMs: -5 })).rejects.toThrow(/positive/);
+    } finally {
+      await pool.close();
+    }
+  });
+});
