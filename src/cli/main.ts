@@ -9,7 +9,7 @@ import { configCommand } from "./config.js";
 import { demoCommand } from "./demo.js";
 import { doctorCommand } from "./doctor.js";
 import { gcCommand } from "./gc.js";
-import { imageBuildCommand, imageLsCommand, imageRmCommand } from "./image.js";
+import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { EXIT_CORRAL_ERROR, reportError } from "./output.js";
 import { type RunFlags, runCommandLine } from "./run.js";
 
@@ -61,7 +61,7 @@ export async function main(argv: string[]): Promise<number> {
       exitCode = await runCommandLine(loadConfig(globalFlags(cmd)), file, flags);
     });
 
-  const image = program.command("image").description("build, list and remove images");
+  const image = program.command("image").description("build, import, list and remove images");
   image
     .command("build")
     .description("build an image from a recipe (default: the built-in recipe)")
@@ -84,6 +84,22 @@ export async function main(argv: string[]): Promise<number> {
         });
       },
     );
+  image
+    .command("import")
+    .description("import a root filesystem tarball, a docker save archive or an OCI archive")
+    .argument("<file>", "the archive (.tar, or gzip-compressed)")
+    .option("--name <name>", "the image's name (default: from the file's name)")
+    .option("--json", "print the image as JSON")
+    .action(async (file: string, flags: { name?: string; json?: boolean }, cmd: Command) => {
+      const config = loadConfig(globalFlags(cmd));
+      exitCode = await imageImportCommand({
+        file,
+        ...(flags.name !== undefined ? { name: flags.name } : {}),
+        imageDir: config.imageDir,
+        uidBase: config.ids.base,
+        json: flags.json === true,
+      });
+    });
   image
     .command("ls")
     .description("list built images")
