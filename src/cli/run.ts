@@ -14,7 +14,6 @@ import {
   parseWorkdir,
   planHostInputs,
 } from "../core/run-options.js";
-import type { Language } from "../core/sandbox.js";
 import { collectGarbage } from "../sandbox/gc.js";
 import { openHost } from "../sandbox/host.js";
 import { checkHostInput } from "../sandbox/host-inputs.js";
@@ -89,7 +88,7 @@ export async function runCommandLine(
     code: flags.code,
     interactive: flags.interactive,
   });
-  const language = choice.kind === "code" ? parseLanguage(choice.language) : null;
+  const language = choice.kind === "code" ? parseLanguage(choice.language) : undefined;
   const env = parseEnvFlags(flags.env ?? []);
   const cwd = flags.workdir !== undefined ? parseWorkdir(flags.workdir) : undefined;
   const hostInputs = planHostInputs(
@@ -110,7 +109,7 @@ export async function runCommandLine(
   const program: RunProgram =
     choice.kind === "argv"
       ? { argv: choice.argv }
-      : { language: language as Language, code: await readCode(choice.source) };
+      : { language: language!, code: await readCode(choice.source) };
   for (const input of hostInputs) {
     await checkHostInput(
       input,
