@@ -9,7 +9,7 @@ import { configCommand } from "./config.js";
 import { demoCommand } from "./demo.js";
 import { doctorCommand } from "./doctor.js";
 import { gcCommand } from "./gc.js";
-import { imageBuildCommand, imageLsCommand, imageRmCommand } from "./image.js";
+import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { EXIT_CORRAL_ERROR, reportError } from "./output.js";
 import { type RunFlags, runCommandLine } from "./run.js";
 
@@ -39,13 +39,30 @@ export async function main(argv: string[]): Promise<number> {
         process.stderr.write(`corral: ${text.replace(/^error: /, "").trim()}\n`),
     });
 
+  // What follows the first `--` is a program's argv (`corral run -- /bin/echo hi`), which
+  // Commander hands over mixed with the other operands.
+  const dash = argv.indexOf("--");
+  const afterDash = dash < 0 ? null : argv.slice(dash + 1);
+  const collect = (value: string, previous: string[]): string[] => [...previous, value];
   program
     .command("run")
-    .description("run code in a fresh sandbox and destroy it")
+    .description("run code, or a program (after --), in a fresh sandbox and destroy it")
+    .usage("[options] (--lang L (FILE | - | -c CODE) | -- PROGRAM [ARGS...])")
     .argument("[file]", "a file with the code ('-' reads standard input)")
-    .requiredOption("--lang <language>", "python, r, shell or sql")
+    .argument("[args...]", "after --: the program and its arguments, run with no shell")
+    .option("--lang <language>", "python, r, shell or sql")
     .option("-c, --code <code>", "the code itself, instead of a file")
     .option("--image <name>", "image name, key or digest", "default")
+    .option("-e, --env <NAME=VALUE>", "set an environment variable (repeatable)", collect, [])
+    .option("-w, --workdir <dir>", "working directory (absolute, or relative to /work)")
+    .option("-i, --interactive", "forward standard input to the program")
+    .option(
+      "--in <path[:dest]>",
+      "copy a host file or directory to /work/<name> or DEST (repeatable)",
+      collect,
+      [],
+    )
+    .option("--db <file>", "bring a SQLite file in as /work/db.sqlite (used by --lang sql)")
     .option("--mem <size>", "memory limit (default 512m)")
     .option("--cpus <n>", "CPU limit in cores (default 1)")
     .option("--pids <n>", "process limit (default 256)")
@@ -57,11 +74,22 @@ export async function main(argv: string[]): Promise<number> {
     .option("--output-cap <size>", "bytes kept per output stream (default 1m)")
     .option("--out <dir>", "copy files created or changed under /work here")
     .option("--json", "print one JSON result instead of streaming")
-    .action(async (file: string | undefined, flags: RunFlags, cmd: Command) => {
-      exitCode = await runCommandLine(loadConfig(globalFlags(cmd)), file, flags);
+    .action(async (file: string | undefined, rest: string[], flags: RunFlags, cmd: Command) => {
+      const operands = file === undefined ? [] : [file, ...rest];
+      // `--` counts only if Commander took it as the end of options (not as a value).
+      const isTail =
+        afterDash !== null &&
+        afterDash.length <= operands.length &&
+        afterDash.every((a, i) => operands[operands.length - afterDash.length + i] === a);
+      exitCode = await runCommandLine(
+        loadConfig(globalFlags(cmd)),
+        isTail ? operands.slice(0, operands.length - afterDash.length) : operands,
+        isTail ? afterDash : null,
+        flags,
+      );
     });
 
-  const image = program.command("image").description("build, list and remove images");
+  const image = program.command("image").description("build, import, list and remove images");
   image
     .command("build")
     .description("build an image from a recipe (default: the built-in recipe)")
@@ -84,6 +112,22 @@ export async function main(argv: string[]): Promise<number> {
         });
       },
     );
+  image
+    .command("import")
+    .description("import a root filesystem tarball, a docker save archive or an OCI archive")
+    .argument("<file>", "the archive (.tar, or gzip-compressed)")
+    .option("--name <name>", "the image's name (default: from the file's name)")
+    .option("--json", "print the image as JSON")
+    .action(async (file: string, flags: { name?: string; json?: boolean }, cmd: Command) => {
+      const config = loadConfig(globalFlags(cmd));
+      exitCode = await imageImportCommand({
+        file,
+        ...(flags.name !== undefined ? { name: flags.name } : {}),
+        imageDir: config.imageDir,
+        uidBase: config.ids.base,
+        json: flags.json === true,
+      });
+    });
   image
     .command("ls")
     .description("list built images")

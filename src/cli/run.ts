@@ -1,21 +1,37 @@
-/** `corral run`: one program in a fresh sandbox, streamed live, then destroyed. */
+/**
+ * `corral run`: one program in a fresh sandbox, streamed live, then destroyed. The program
+ * is code in a language (`--lang L FILE | -c CODE`) or, Docker-style, an argv run directly
+ * with no shell (`-- PROGRAM ARGS...`).
+ */
 import { readFile } from "node:fs/promises";
 import type { CorralConfig } from "../core/config.js";
 import { CorralError } from "../core/errors.js";
-import { parseLanguage } from "../core/languages.js";
+import { parseLanguage, SQL_DATABASE } from "../core/languages.js";
 import { formatBytes, limitsFromFlags } from "../core/limits.js";
+import {
+  chooseRunProgram,
+  parseEnvFlags,
+  parseWorkdir,
+  planHostInputs,
+} from "../core/run-options.js";
 import { collectGarbage } from "../sandbox/gc.js";
 import { openHost } from "../sandbox/host.js";
+import { checkHostInput } from "../sandbox/host-inputs.js";
 import { loadImageRef } from "../sandbox/image-ref.js";
 import { checkHostPrerequisites } from "../sandbox/prerequisites.js";
-import { type RunResult, runCode } from "../sandbox/run-code.js";
+import { type RunProgram, type RunResult, runCode } from "../sandbox/run-code.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
 import { EXIT_OOM, EXIT_TIMEOUT, reportError } from "./output.js";
 
 export interface RunFlags {
-  lang: string;
+  lang?: string;
   code?: string;
   image: string;
+  env?: string[];
+  workdir?: string;
+  interactive?: boolean;
+  in?: string[];
+  db?: string;
   mem?: string;
   cpus?: string;
   pids?: string;
@@ -29,13 +45,9 @@ export interface RunFlags {
   json?: boolean;
 }
 
-async function readCode(file: string | undefined, flags: RunFlags): Promise<string> {
-  if (flags.code !== undefined && file !== undefined) {
-    throw new CorralError("invalid_argument", "give either a FILE or -c CODE, not both");
-  }
-  if (flags.code !== undefined) return flags.code;
-  if (file === undefined)
-    throw new CorralError("invalid_argument", "no code: give a FILE or -c CODE");
+async function readCode(source: { file: string } | { code: string }): Promise<string> {
+  if ("code" in source) return source.code;
+  const { file } = source;
   try {
     if (file === "-") {
       const chunks: Buffer[] = [];
@@ -58,13 +70,31 @@ export function exitCodeForResult(r: Pick<RunResult, "killed" | "exitCode">): nu
   return r.exitCode;
 }
 
+/**
+ * `corral run`. `operands` are the positional arguments; `argvAfterDash` what followed
+ * `--` on the command line (null without one): the program to run directly.
+ */
 export async function runCommandLine(
   config: CorralConfig,
-  file: string | undefined,
+  operands: readonly string[],
+  argvAfterDash: readonly string[] | null,
   flags: RunFlags,
 ): Promise<number> {
   // Validate everything the user typed before touching the host.
-  const language = parseLanguage(flags.lang);
+  const choice = chooseRunProgram({
+    operands,
+    argvAfterDash,
+    lang: flags.lang,
+    code: flags.code,
+    interactive: flags.interactive,
+  });
+  const language = choice.kind === "code" ? parseLanguage(choice.language) : undefined;
+  const env = parseEnvFlags(flags.env ?? []);
+  const cwd = flags.workdir !== undefined ? parseWorkdir(flags.workdir) : undefined;
+  const hostInputs = planHostInputs(
+    { in: flags.in ?? [], ...(flags.db !== undefined ? { db: flags.db } : {}) },
+    process.cwd(),
+  );
   const limits = limitsFromFlags({
     ...(flags.mem !== undefined ? { mem: flags.mem } : {}),
     ...(flags.cpus !== undefined ? { cpus: flags.cpus } : {}),
@@ -76,7 +106,16 @@ export async function runCommandLine(
     ...(flags.timeout !== undefined ? { timeout: flags.timeout } : {}),
     ...(flags.outputCap !== undefined ? { outputCap: flags.outputCap } : {}),
   });
-  const code = await readCode(file, flags);
+  const program: RunProgram =
+    choice.kind === "argv"
+      ? { argv: choice.argv }
+      : { language: language!, code: await readCode(choice.source) };
+  for (const input of hostInputs) {
+    await checkHostInput(
+      input,
+      input.dest === SQL_DATABASE && input.source === flags.db ? "--db" : "--in",
+    );
+  }
   await checkHostPrerequisites(config, limits);
   const image = await loadImageRef(config, flags.image);
   const host = await openHost(config);
@@ -106,10 +145,14 @@ export async function runCommandLine(
     if (interrupted) finishInterrupted(null);
     creating = true;
     const result = await runCode(host, {
-      language,
-      code,
+      ...program,
       image,
       limits,
+      ...(Object.keys(env).length > 0 ? { env } : {}),
+      ...(cwd !== undefined ? { cwd } : {}),
+      ...(hostInputs.length > 0 ? { hostInputs } : {}),
+      // -i: the CLI's stdin, forwarded as it arrives (the program sees its end when ours ends).
+      ...(flags.interactive ? { stdin: process.stdin } : {}),
       ...(flags.out ? { outDir: flags.out } : {}),
       onSandbox: (s) => {
         active = s;
@@ -157,6 +200,8 @@ export async function runCommandLine(
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    // The program is gone: stop reading our stdin, or an open pipe keeps the CLI alive.
+    if (flags.interactive) process.stdin.destroy();
     host.close();
   }
 }

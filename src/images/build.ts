@@ -281,11 +281,15 @@ function leftoverKey(name: string): string | null {
 }
 
 /**
- * Remove what crashed builds of `key` left behind: their chroot mounts and half-built
+ * Remove what crashed builds (or imports) of `key` left behind: their chroot mounts and half-built
  * trees, and replaced or removed images no sandbox uses any more. The caller holds the
  * key's lock, so nobody is building it.
  */
-async function removeLeftovers(imageDir: string, key: string, dryRun = false): Promise<string[]> {
+export async function removeLeftovers(
+  imageDir: string,
+  key: string,
+  dryRun = false,
+): Promise<string[]> {
   let entries: string[] = [];
   try {
     entries = await readdir(imageDir);
@@ -356,7 +360,7 @@ async function cachedImage(
   return { meta, dir: paths.dir, rootfs: paths.rootfs, names: [] };
 }
 
-async function publishName(imageDir: string, image: StoredImage): Promise<StoredImage> {
+export async function publishName(imageDir: string, image: StoredImage): Promise<StoredImage> {
   try {
     await setImageName(imageDir, image.meta.name, image.meta.key);
   } catch (err) {

@@ -3,12 +3,13 @@
  *
  *   <imageDir>/<key>/meta.json   what was built, from what, and its digest (written last)
  *   <imageDir>/<key>/rootfs/     the shifted root filesystem: the sandboxes' lower layer
- *   <imageDir>/<key>/build.log   the build's output
+ *   <imageDir>/<key>/build.log   the build's output (built images)
  *   <imageDir>/names/<name>      the key of the image last built under that name
  *   <imageDir>/logs/<key>.log    the output of the last failed build of that key
  *   <imageDir>/.tmp-<key>-<rnd>  a build in progress (renamed to <key> when complete)
  *
- * `<key>` is the first 16 hex digits of the recipe key. An image directory appears by an
+ * `<key>` is the first 16 hex digits of the recipe key (of an imported image: of the hash
+ * of its archive, see import.ts). An image directory appears by an
  * atomic rename once complete, so a reader never sees half an image.
  */
 import { randomBytes } from "node:crypto";
@@ -54,6 +55,19 @@ const imageMetaSchema = z.object({
   sizeBytes: z.number(),
   files: z.number(),
   buildSeconds: z.number(),
+  /**
+   * Where an imported image came from (`corral image import`); absent for built ones,
+   * whose recipe fields above say it. An import has no mirror, suite, packages or setup.
+   */
+  source: z
+    .object({
+      kind: z.literal("import"),
+      file: z.string(),
+      format: z.enum(["rootfs", "docker-save", "oci"]),
+      archiveSha256: z.string().regex(/^[0-9a-f]{64}$/),
+      layers: z.number().int(),
+    })
+    .optional(),
 });
 
 /** meta.json of a complete image. */

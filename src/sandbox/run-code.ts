@@ -5,25 +5,40 @@
 import { createHash } from "node:crypto";
 import { argvFor, codeFileFor } from "../core/languages.js";
 import type { Limits } from "../core/limits.js";
+import type { HostInput } from "../core/run-options.js";
 import type { ImageRef, Language, TestOnlyWeakening } from "../core/sandbox.js";
 import { type ChangedFile, collectChangedFiles } from "./files-out.js";
 import type { Host } from "./host.js";
-import { Sandbox } from "./sandbox.js";
+import { type ExecRequest, Sandbox } from "./sandbox.js";
 
-export interface RunCodeRequest {
-  language: Language;
-  code: string;
+/** What runs: code in a language (written to a file, run by its interpreter), or an argv as is. */
+export type RunProgram =
+  | { language: Language; code: string; argv?: undefined }
+  | { argv: string[]; language?: undefined; code?: undefined };
+
+/** Everything of a one-shot run but the program. */
+export interface RunOptions {
   image: ImageRef;
   limits: Limits;
   outDir?: string;
   /** Files placed in the sandbox before the code runs (path inside, bytes). */
   inputs?: { path: string; data: Buffer }[];
+  /** Host files and directories copied into the writable layer before the sandbox starts. */
+  hostInputs?: readonly HostInput[];
+  /** Added to the image's environment (and HOME, LANG). */
+  env?: Record<string, string>;
+  /** The working directory (default /work); made if missing. */
+  cwd?: string;
+  /** The program's stdin (default /dev/null). */
+  stdin?: ExecRequest["stdin"];
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
   testOnly?: TestOnlyWeakening;
   /** Called once the sandbox exists (the CLI uses it to clean up on Ctrl-C). */
   onSandbox?: (sandbox: Sandbox) => void;
 }
+
+export type RunCodeRequest = RunProgram & RunOptions;
 
 export interface StreamResult {
   text: string;
@@ -36,7 +51,9 @@ export interface StreamResult {
 export interface RunResult {
   sandbox: string;
   image: string;
-  language: Language;
+  /** The language of the code, or null for a program run by its argv. */
+  language: Language | null;
+  argv?: string[];
   exitCode: number;
   killed: "timeout" | "oom" | null;
   sandboxKilled: boolean;
@@ -90,31 +107,44 @@ export function streamResult(bytes: Buffer, total: number): StreamResult {
 
 export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResult> {
   const started = performance.now();
+  const cwd = req.cwd ?? "/work";
   const sandbox = await Sandbox.create(host, {
     image: req.image,
     limits: req.limits,
+    ...(req.hostInputs && req.hostInputs.length > 0 ? { inputs: req.hostInputs } : {}),
+    ...(cwd !== "/work" ? { workdir: cwd } : {}),
     ...(req.testOnly ? { testOnly: req.testOnly } : {}),
   });
   req.onSandbox?.(sandbox);
   try {
-    const codeFile = codeFileFor(req.language);
-    await sandbox.writeFile(codeFile, req.code);
+    let argv: string[];
+    if (req.argv !== undefined) {
+      argv = req.argv;
+    } else {
+      const codeFile = codeFileFor(req.language);
+      await sandbox.writeFile(codeFile, req.code);
+      argv = argvFor(req.language, codeFile);
+    }
     for (const input of req.inputs ?? []) await sandbox.writeFile(input.path, input.data);
     const outcome = await sandbox.exec({
-      argv: argvFor(req.language, codeFile),
-      cwd: "/work",
+      argv,
+      cwd,
       timeoutMs: req.limits.timeoutMs,
       outputCapBytes: req.limits.outputCapBytes,
+      ...(req.env ? { env: req.env } : {}),
+      ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
       ...(req.onStdout ? { onStdout: req.onStdout } : {}),
       ...(req.onStderr ? { onStderr: req.onStderr } : {}),
     });
     // Files are taken only after every process in the sandbox is gone.
     await sandbox.stop();
-    const unchangedInputs = new Set(
-      (req.inputs ?? []).map(
+    // What was put in and left as it was is not a file the run made.
+    const unchangedInputs = new Set([
+      ...(req.inputs ?? []).map(
         (i) => `${i.path}\0${createHash("sha256").update(i.data).digest("hex")}`,
       ),
-    );
+      ...sandbox.copiedInputs.map((c) => `${c.path}\0${c.sha256}`),
+    ]);
     const files = (
       await collectChangedFiles(sandbox.upperPath("work"), {
         ...(req.outDir ? { outDir: req.outDir } : {}),
@@ -123,7 +153,8 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
     const result: RunResult = {
       sandbox: sandbox.id,
       image: req.image.digest,
-      language: req.language,
+      language: req.language ?? null,
+      ...(req.argv !== undefined ? { argv: req.argv } : {}),
       exitCode: outcome.exitCode,
       killed: outcome.killed,
       sandboxKilled: outcome.sandboxKilled,
@@ -140,7 +171,12 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
       sandbox: sandbox.id,
       kind: "exec",
       details: {
-        language: req.language,
+        // A program's name, not its arguments (they may hold secrets); variables by name only.
+        ...(req.argv !== undefined
+          ? { program: req.argv[0], argc: req.argv.length }
+          : { language: req.language }),
+        ...(req.env ? { env: Object.keys(req.env) } : {}),
+        ...(req.hostInputs?.length ? { hostInputs: req.hostInputs.map((i) => i.dest) } : {}),
         image: req.image.digest,
         exitCode: result.exitCode,
         killed: result.killed,

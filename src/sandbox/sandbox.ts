@@ -10,6 +10,7 @@ import { asCorralError, CorralError } from "../core/errors.js";
 import type { Limits } from "../core/limits.js";
 import { acquireLock, type Release } from "../core/lock.js";
 import { processStartTime } from "../core/proc.js";
+import type { HostInput } from "../core/run-options.js";
 import {
   chooseLayerKind,
   type ImageRef,
@@ -24,6 +25,7 @@ import {
   SupervisorClient,
 } from "../supervisor/client.js";
 import type { Host } from "./host.js";
+import { type CopiedFile, copyHostInputs } from "./host-inputs.js";
 import {
   CgroupReader,
   type CgroupUsage,
@@ -64,6 +66,10 @@ export function sandboxPaths(host: Host, id: string): SandboxPaths {
 export interface CreateOptions {
   image: ImageRef;
   limits: Limits;
+  /** Host files and directories copied into the writable layer before the sandbox starts. */
+  inputs?: readonly HostInput[];
+  /** A working directory to make (if missing) before the sandbox starts. */
+  workdir?: string;
   testOnly?: TestOnlyWeakening;
 }
 
@@ -138,6 +144,8 @@ export class Sandbox {
   private stopped = false;
   private destroyed = false;
   selfCheck: SelfCheckDecision | null = null;
+  /** The regular files `CreateOptions.inputs` copied in. */
+  copiedInputs: CopiedFile[] = [];
 
   private constructor(
     readonly host: Host,
@@ -187,6 +195,13 @@ export class Sandbox {
         rootUid: spec.ids.base,
         lowerdir: spec.image.rootfs,
       });
+      if ((options.inputs?.length ?? 0) > 0 || options.workdir !== undefined) {
+        // Before the container starts: nothing runs in the root yet (see host-inputs.ts).
+        sandbox.copiedInputs = await copyHostInputs(paths.rootfs, options.inputs ?? [], {
+          rootUid: spec.ids.base,
+          ...(options.workdir !== undefined ? { workdir: options.workdir } : {}),
+        });
+      }
       const config = buildOciSpec({
         spec,
         rootfs: paths.rootfs,

@@ -10,7 +10,7 @@ import { DEFAULT_LIMITS, type Limits } from "../../src/core/limits.js";
 import type { ImageRef, Language } from "../../src/core/sandbox.js";
 import { type Host, openHost } from "../../src/sandbox/host.js";
 import { loadImageRef } from "../../src/sandbox/image-ref.js";
-import { type RunResult, runCode } from "../../src/sandbox/run-code.js";
+import { type RunOptions, type RunResult, runCode } from "../../src/sandbox/run-code.js";
 
 export const ROOT = path.resolve(import.meta.dirname, "../..");
 export const CLI = path.join(ROOT, "bin/corral.js");
@@ -33,7 +33,7 @@ export interface TestEnv {
     language: Language,
     code: string,
     limits?: Partial<Limits>,
-    extra?: Partial<Parameters<typeof runCode>[1]>,
+    extra?: Partial<RunOptions>,
   ): Promise<RunResult>;
   close(): void;
 }
