@@ -116,7 +116,8 @@ const shell: KernelDef = {
     }
     const names = Object.keys(env);
     for (const k of names) {
-      if (!ENV_NAME.test(k)) throw new CorralError("invalid_argument", `invalid environment variable name "${k}"`);
+      if (!ENV_NAME.test(k))
+        throw new CorralError("invalid_argument", `invalid environment variable name "${k}"`);
     }
     // Assignments before eval hold for this call only; what the code itself does (cd,
     // export, functions) stays in the shell.

@@ -5,7 +5,7 @@
  * state was lost, and the next call gets a new kernel.
  */
 import { randomBytes } from "node:crypto";
-import { CorralError, asCorralError } from "../core/errors.js";
+import { asCorralError, CorralError } from "../core/errors.js";
 import {
   type ContextLanguage,
   type ExecutionError,
@@ -15,8 +15,8 @@ import {
   type MimeBundle,
 } from "../kernels/kernels.js";
 import type { CallDone, ContextChannel, ExitInfo } from "../supervisor/client.js";
-import type { CgroupUsage } from "./runtime/cgroups.js";
 import { type StreamResult, streamResult } from "./run-code.js";
+import type { CgroupUsage } from "./runtime/cgroups.js";
 import { CappedOutput, type Sandbox } from "./sandbox.js";
 import { type DecodedChunk, Utf8Stream } from "./utf8-stream.js";
 
@@ -92,7 +92,13 @@ export function newContextId(): string {
 }
 
 function signalName(n: number): string {
-  const names: Record<number, string> = { 9: "SIGKILL", 6: "SIGABRT", 11: "SIGSEGV", 15: "SIGTERM", 2: "SIGINT" };
+  const names: Record<number, string> = {
+    9: "SIGKILL",
+    6: "SIGABRT",
+    11: "SIGSEGV",
+    15: "SIGTERM",
+    2: "SIGINT",
+  };
   return names[n] ?? `signal ${n}`;
 }
 
@@ -150,7 +156,8 @@ export class CodeContext {
         cwd: this.cwd,
         interruptSignal: this.kernel.interruptSignal,
         onIdleMessage: (payload) => {
-          if (payload[0] === 1 && this.kernel.decodeEvent(payload.subarray(1))?.type === "ready") readyResolve();
+          if (payload[0] === 1 && this.kernel.decodeEvent(payload.subarray(1))?.type === "ready")
+            readyResolve();
         },
       });
       try {
@@ -202,7 +209,8 @@ export class CodeContext {
 
   /** Run code; calls on one context run one after another, in the order they came. */
   run(code: string, opts: RunOptions): Promise<Execution> {
-    if (this.removed) return Promise.reject(new CorralError("not_found", `context ${this.id} was removed`));
+    if (this.removed)
+      return Promise.reject(new CorralError("not_found", `context ${this.id} was removed`));
     this.pending++;
     const run = this.tail.then(() => this.runNow(code, opts));
     this.tail = run.catch(() => undefined);
@@ -314,7 +322,10 @@ export class CodeContext {
       stateLost,
       sandboxKilled: done.sandboxKilled,
       durationMs: Math.round((performance.now() - started) * 10) / 10,
-      cpuMs: after.cpuUs === null || before.cpuUs === null ? null : Math.round((after.cpuUs - before.cpuUs) / 100) / 10,
+      cpuMs:
+        after.cpuUs === null || before.cpuUs === null
+          ? null
+          : Math.round((after.cpuUs - before.cpuUs) / 100) / 10,
       peakMemoryBytes: after.peakMemoryBytes,
     };
     opts.onEvent?.({ type: "end", execution });

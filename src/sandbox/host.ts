@@ -8,8 +8,8 @@ import path from "node:path";
 import { EventLog } from "../audit/events.js";
 import { type CorralConfig, dataTag } from "../core/config.js";
 import { CorralError } from "../core/errors.js";
-import { openDb } from "../store/db.js";
 import { packageRoot } from "../core/package-root.js";
+import { openDb } from "../store/db.js";
 import { supervisorBinaryPath } from "../supervisor/paths.js";
 import { cgroupVersion, swapAccounting } from "./runtime/cgroups.js";
 import { RuncRuntime, type Runtime } from "./runtime/runc.js";
@@ -115,7 +115,11 @@ async function installKernels(dataDir: string): Promise<string> {
   } catch (err) {
     // another process installed the same content first
     await rm(tmp, { recursive: true, force: true });
-    if ((err as NodeJS.ErrnoException).code !== "ENOTEMPTY" && (err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    if (
+      (err as NodeJS.ErrnoException).code !== "ENOTEMPTY" &&
+      (err as NodeJS.ErrnoException).code !== "EEXIST"
+    )
+      throw err;
   }
   return target;
 }

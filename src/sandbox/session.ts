@@ -8,14 +8,14 @@
  * One-shot `corral run` stays create → run → destroy on the same Sandbox; a session adds
  * contexts (stateful kernels under the supervisor's keepers) on top of it.
  */
-import { CorralError, asCorralError } from "../core/errors.js";
+import { asCorralError, CorralError } from "../core/errors.js";
 import type { Limits } from "../core/limits.js";
 import type { ImageRef } from "../core/sandbox.js";
 import { type ContextLanguage, parseContextLanguage } from "../kernels/kernels.js";
-import { SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { CodeContext, type ContextInfo, type Execution, type RunOptions } from "./context.js";
 import type { Host } from "./host.js";
 import { type StreamResult, streamResult } from "./run-code.js";
+import { SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { Sandbox } from "./sandbox.js";
 import { type DecodedChunk, Utf8Stream } from "./utf8-stream.js";
 
@@ -69,10 +69,16 @@ function checkEnvs(envs: Record<string, string> | undefined, what: string): Reco
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(envs ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
-      throw new CorralError("invalid_argument", `invalid environment variable name "${k}" in ${what}`);
+      throw new CorralError(
+        "invalid_argument",
+        `invalid environment variable name "${k}" in ${what}`,
+      );
     }
     if (typeof v !== "string" || v.includes("\0")) {
-      throw new CorralError("invalid_argument", `environment variable ${k} in ${what} must be a string without NUL`);
+      throw new CorralError(
+        "invalid_argument",
+        `environment variable ${k} in ${what} must be a string without NUL`,
+      );
     }
     out[k] = v;
   }
@@ -111,7 +117,10 @@ export class Session {
     const envs = checkEnvs(options.envs, "envs");
     const workdir = options.workdir ?? DEFAULT_WORKDIR;
     if (!workdir.startsWith("/")) {
-      throw new CorralError("invalid_argument", `workdir must be an absolute path, not "${workdir}"`);
+      throw new CorralError(
+        "invalid_argument",
+        `workdir must be an absolute path, not "${workdir}"`,
+      );
     }
     for (const [k, v] of [
       ["timeoutMs", options.timeoutMs],
@@ -179,12 +188,20 @@ export class Session {
     };
   }
 
-  createCodeContext(opts: { language?: string; cwd?: string; envs?: Record<string, string> } = {}): ContextInfo {
+  createCodeContext(
+    opts: { language?: string; cwd?: string; envs?: Record<string, string> } = {},
+  ): ContextInfo {
     this.requireLive();
     const language = parseContextLanguage(opts.language ?? "python");
     const cwd = opts.cwd ?? this.workdir;
-    if (!cwd.startsWith("/")) throw new CorralError("invalid_argument", `cwd must be absolute, not "${cwd}"`);
-    const ctx = new CodeContext(this.contextHost(), language, cwd, checkEnvs(opts.envs, "the context's envs"));
+    if (!cwd.startsWith("/"))
+      throw new CorralError("invalid_argument", `cwd must be absolute, not "${cwd}"`);
+    const ctx = new CodeContext(
+      this.contextHost(),
+      language,
+      cwd,
+      checkEnvs(opts.envs, "the context's envs"),
+    );
     this.contexts.set(ctx.id, ctx);
     return ctx.info();
   }
@@ -223,7 +240,8 @@ export class Session {
 
   async runCode(code: string, opts: RunCodeOptions = {}): Promise<Execution> {
     this.requireLive();
-    if (typeof code !== "string") throw new CorralError("invalid_argument", "code must be a string");
+    if (typeof code !== "string")
+      throw new CorralError("invalid_argument", "code must be a string");
     const ctx = opts.context
       ? this.context(opts.context)
       : this.defaultContext(parseContextLanguage(opts.language ?? "python"));
@@ -235,7 +253,10 @@ export class Session {
     }
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
     if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      throw new CorralError("invalid_argument", "timeoutMs must be a positive number of milliseconds");
+      throw new CorralError(
+        "invalid_argument",
+        "timeoutMs must be a positive number of milliseconds",
+      );
     }
     const run: RunOptions = {
       ...opts,
@@ -255,7 +276,10 @@ export class Session {
     this.requireLive();
     const argv = typeof cmd === "string" ? ["bash", "-c", cmd] : cmd;
     if (!Array.isArray(argv) || argv.length === 0 || argv.some((a) => typeof a !== "string")) {
-      throw new CorralError("invalid_argument", "a command is a string or a non-empty array of strings");
+      throw new CorralError(
+        "invalid_argument",
+        "a command is a string or a non-empty array of strings",
+      );
     }
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
     const decoders = { out: new Utf8Stream(), err: new Utf8Stream() };
@@ -305,7 +329,10 @@ export class Session {
   setTimeout(ms: number): void {
     this.requireLive();
     if (!Number.isFinite(ms) || ms <= 0) {
-      throw new CorralError("invalid_argument", "the timeout must be a positive number of milliseconds");
+      throw new CorralError(
+        "invalid_argument",
+        "the timeout must be a positive number of milliseconds",
+      );
     }
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     this.deadline = Date.now() + ms;
