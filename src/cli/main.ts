@@ -55,6 +55,16 @@ export async function main(argv: string[]): Promise<number> {
     .option("--file-size <size>", "largest file a process may write (default: the disk limit)")
     .option("--timeout <duration>", "wall-time limit (default 30s)")
     .option("--output-cap <size>", "bytes kept per output stream (default 1m)")
+    .option("--io-read-bps <rate>", "read bandwidth per second, e.g. 10m (default unlimited)")
+    .option(
+      "--io-write-bps <rate>",
+      "write bandwidth per second; cgroup v1: O_DIRECT writes only (default unlimited)",
+    )
+    .option("--io-read-iops <n>", "read operations per second (default unlimited)")
+    .option(
+      "--io-write-iops <n>",
+      "write operations per second; cgroup v1: O_DIRECT writes only (default unlimited)",
+    )
     .option("--out <dir>", "copy files created or changed under /work here")
     .option("--json", "print one JSON result instead of streaming")
     .action(async (file: string | undefined, flags: RunFlags, cmd: Command) => {

@@ -25,6 +25,10 @@ export interface RunFlags {
   fileSize?: string;
   timeout?: string;
   outputCap?: string;
+  ioReadBps?: string;
+  ioWriteBps?: string;
+  ioReadIops?: string;
+  ioWriteIops?: string;
   out?: string;
   json?: boolean;
 }
@@ -75,6 +79,10 @@ export async function runCommandLine(
     ...(flags.fileSize !== undefined ? { fileSize: flags.fileSize } : {}),
     ...(flags.timeout !== undefined ? { timeout: flags.timeout } : {}),
     ...(flags.outputCap !== undefined ? { outputCap: flags.outputCap } : {}),
+    ...(flags.ioReadBps !== undefined ? { ioReadBps: flags.ioReadBps } : {}),
+    ...(flags.ioWriteBps !== undefined ? { ioWriteBps: flags.ioWriteBps } : {}),
+    ...(flags.ioReadIops !== undefined ? { ioReadIops: flags.ioReadIops } : {}),
+    ...(flags.ioWriteIops !== undefined ? { ioWriteIops: flags.ioWriteIops } : {}),
   });
   const code = await readCode(file, flags);
   await checkHostPrerequisites(config, limits);

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { asCorralError, CorralError } from "../core/errors.js";
-import type { Limits } from "../core/limits.js";
+import { hasIoLimits, type Limits } from "../core/limits.js";
 import { acquireLock, type Release } from "../core/lock.js";
 import { processStartTime } from "../core/proc.js";
 import {
@@ -24,6 +24,8 @@ import {
   SupervisorClient,
 } from "../supervisor/client.js";
 import type { Host } from "./host.js";
+import { findIoCarriers } from "./runtime/block-devices.js";
+import type { CarrierDevice, OciBlockIo } from "./runtime/block-io.js";
 import {
   CgroupReader,
   type CgroupUsage,
@@ -124,6 +126,8 @@ export class Sandbox {
   private stopped = false;
   private destroyed = false;
   selfCheck: SelfCheckDecision | null = null;
+  /** The block I/O throttles planned for this sandbox (config.json), if it has I/O limits. */
+  blockIo: OciBlockIo | undefined;
 
   private constructor(
     readonly host: Host,
@@ -173,6 +177,16 @@ export class Sandbox {
         rootUid: spec.ids.base,
         lowerdir: spec.image.rootfs,
       });
+      // The layer's loop device exists only now that it is mounted: find the devices
+      // to throttle after mounting, and only when an I/O limit asks for it.
+      let blockDevices: CarrierDevice[] | undefined;
+      if (hasIoLimits(spec.limits)) {
+        blockDevices = await findIoCarriers({
+          imageRootfs: spec.image.rootfs,
+          dataDir: host.config.dataDir,
+          layerMount: paths.layer,
+        });
+      }
       const config = buildOciSpec({
         spec,
         rootfs: paths.rootfs,
@@ -180,7 +194,9 @@ export class Sandbox {
         kernelsHostDir: host.kernels,
         cgroupsPath,
         swapAccounting: host.swapAccounting,
+        ...(blockDevices ? { blockDevices } : {}),
       });
+      sandbox.blockIo = config.linux.resources.blockIO;
       await mkdir(paths.bundle, { mode: 0o711 });
       await writeFile(path.join(paths.bundle, "config.json"), JSON.stringify(config, null, 1));
       await host.runtime.start({
@@ -201,6 +217,7 @@ export class Sandbox {
           limits: spec.limits,
           layer: chooseLayerKind(spec.limits),
           runtime: host.runtime.name,
+          ...(sandbox.blockIo ? { blockIO: sandbox.blockIo } : {}),
           ms: Date.now() - started,
           ...(spec.testOnly ? { testOnly: spec.testOnly } : {}),
         },
@@ -233,7 +250,8 @@ export class Sandbox {
       hostNamespaces,
       ids: this.spec.ids,
       limits: this.spec.limits,
-      cgroup: await this.cgroup.limits(),
+      cgroup: await this.cgroup.limits({ io: this.blockIo !== undefined }),
+      blockIo: this.blockIo,
     });
     this.selfCheck = decision;
     this.host.events.emit({
