@@ -165,6 +165,9 @@ export async function runCommandLine(
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    // Let the layer pool finish the entry it is making (it started while the sandbox was
+    // being created, so this is short), so that the next run finds one ready.
+    await host.layerPool?.settle();
     host.close();
   }
 }

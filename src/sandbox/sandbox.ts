@@ -32,8 +32,8 @@ import {
   cgroupDirsWithPrefix,
   removeCgroupDir,
 } from "./runtime/cgroups.js";
-import { mountLayer, unmountLayer } from "./runtime/layer.js";
-import { buildOciSpec } from "./runtime/oci-spec.js";
+import { type LayerSource, mountLayer, unmountLayer } from "./runtime/layer.js";
+import { buildOciSpec, type OciConfig } from "./runtime/oci-spec.js";
 import { decideSelfCheck, NAMESPACES, type SelfCheckDecision } from "./self-check.js";
 
 export function newSandboxId(): string {
@@ -121,11 +121,129 @@ export interface ExecOutcome {
   usage: CgroupUsage;
 }
 
+/** Milliseconds spent in each named step, for the create event and the benchmark. */
+export class PhaseTimer {
+  readonly ms: Record<string, number> = {};
+  async time<T>(name: string, step: () => Promise<T>): Promise<T> {
+    const t = performance.now();
+    try {
+      return await step();
+    } finally {
+      this.ms[name] = Math.round((performance.now() - t) * 100) / 100 + (this.ms[name] ?? 0);
+    }
+  }
+}
+
+/** A new sandbox's identity, plan and paths, with its owner lock held. */
+export interface OwnedSandbox {
+  spec: SandboxSpec;
+  paths: SandboxPaths;
+  cgroupsPath: string;
+  release: Release;
+}
+
+export async function ownNewSandbox(host: Host, options: CreateOptions): Promise<OwnedSandbox> {
+  const id = newSandboxId();
+  const spec: SandboxSpec = {
+    id,
+    image: options.image,
+    limits: options.limits,
+    ids: host.config.ids,
+    network: "none",
+    hostname: "sandbox",
+    ...(options.testOnly ? { testOnly: options.testOnly } : {}),
+  };
+  // The owner lock comes first: from the moment any resource exists, gc sees it owned.
+  const release = await acquireLock(ownerLockName(host.tag, id));
+  if (!release) throw new CorralError("internal", `sandbox id ${id} is already owned`);
+  return {
+    spec,
+    paths: sandboxPaths(host, id),
+    cgroupsPath: `/${cgroupNameFor(host.tag, id)}`,
+    release,
+  };
+}
+
+export interface LaidOutSandbox {
+  /** The config.json written to the bundle. */
+  config: OciConfig;
+  layerSource: LayerSource;
+}
+
+/**
+ * Everything on the host before the container starts: the sandbox's directory and owner
+ * record, its root (image + writable layer), the devices to throttle, and the bundle's
+ * config.json. The caller owns the result: removeSandboxResources undoes it.
+ */
+export async function layOutSandbox(
+  host: Host,
+  owned: OwnedSandbox,
+  phases: PhaseTimer = new PhaseTimer(),
+): Promise<LaidOutSandbox> {
+  const { spec, paths } = owned;
+  await phases.time("dir", async () => {
+    await mkdir(paths.dir, { mode: 0o711 });
+    await writeFile(
+      path.join(paths.dir, "owner.json"),
+      JSON.stringify({
+        kind: "process",
+        pid: process.pid,
+        startTime: await processStartTime(process.pid),
+        created: new Date().toISOString(),
+      }),
+    );
+  });
+  const layerSource = await phases.time("layer", () =>
+    mountLayer(
+      paths,
+      {
+        kind: chooseLayerKind(spec.limits),
+        diskBytes: spec.limits.diskBytes,
+        inodes: spec.limits.inodes,
+        rootUid: spec.ids.base,
+        lowerdir: spec.image.rootfs,
+      },
+      host.layerPool,
+    ),
+  );
+  // The layer's loop device exists only now that it is mounted: find the devices to
+  // throttle after mounting, and only when an I/O limit asks for it.
+  let blockDevices: CarrierDevice[] | undefined;
+  if (hasIoLimits(spec.limits)) {
+    blockDevices = await phases.time("io_devices", () =>
+      findIoCarriers({
+        imageRootfs: spec.image.rootfs,
+        dataDir: host.config.dataDir,
+        layerMount: paths.layer,
+      }),
+    );
+  }
+  const config = await phases.time("bundle", async () => {
+    const config = buildOciSpec({
+      spec,
+      rootfs: paths.rootfs,
+      supervisorHostPath: paths.supervisor,
+      kernelsHostDir: host.kernels,
+      cgroupsPath: owned.cgroupsPath,
+      swapAccounting: host.swapAccounting,
+      ...(blockDevices ? { blockDevices } : {}),
+    });
+    await mkdir(paths.bundle, { mode: 0o711 });
+    await writeFile(path.join(paths.bundle, "config.json"), JSON.stringify(config, null, 1));
+    return config;
+  });
+  return { config, layerSource };
+}
+
 export class Sandbox {
   private client: SupervisorClient | null = null;
   private stopped = false;
   private destroyed = false;
   selfCheck: SelfCheckDecision | null = null;
+  /** Where the writable layer came from: tmpfs, the layer pool, or its own mkfs. */
+  layerSource: LayerSource | null = null;
+  /** How long each step of create took, in ms (also in the sandbox.create event). */
+  createPhases: Record<string, number> = {};
   /** The block I/O throttles planned for this sandbox (config.json), if it has I/O limits. */
   blockIo: OciBlockIo | undefined;
 
@@ -142,83 +260,43 @@ export class Sandbox {
   }
 
   static async create(host: Host, options: CreateOptions): Promise<Sandbox> {
-    const id = newSandboxId();
-    const spec: SandboxSpec = {
-      id,
-      image: options.image,
-      limits: options.limits,
-      ids: host.config.ids,
-      network: "none",
-      hostname: "sandbox",
-      ...(options.testOnly ? { testOnly: options.testOnly } : {}),
-    };
-    // The owner lock comes first: from the moment any resource exists, gc sees it owned.
-    const release = await acquireLock(ownerLockName(host.tag, id));
-    if (!release) throw new CorralError("internal", `sandbox id ${id} is already owned`);
-    const paths = sandboxPaths(host, id);
-    const cgroupsPath = `/${cgroupNameFor(host.tag, id)}`;
-    const sandbox = new Sandbox(host, spec, paths, new CgroupReader(cgroupsPath), release);
-    const started = Date.now();
+    const started = performance.now();
+    const phases = new PhaseTimer();
+    const owned = await ownNewSandbox(host, options);
+    const { spec, paths, cgroupsPath } = owned;
+    const sandbox = new Sandbox(host, spec, paths, new CgroupReader(cgroupsPath), owned.release);
     try {
-      await mkdir(paths.dir, { mode: 0o711 });
-      await writeFile(
-        path.join(paths.dir, "owner.json"),
-        JSON.stringify({
-          kind: "process",
-          pid: process.pid,
-          startTime: await processStartTime(process.pid),
-          created: new Date().toISOString(),
+      const laid = await layOutSandbox(host, owned, phases);
+      sandbox.blockIo = laid.config.linux.resources.blockIO;
+      sandbox.layerSource = laid.layerSource;
+      await phases.time("runc_start", () =>
+        host.runtime.start({
+          id: spec.id,
+          bundle: paths.bundle,
+          socketPath: paths.socket,
+          logPath: paths.runcLog,
         }),
       );
-      await mountLayer(paths, {
-        kind: chooseLayerKind(spec.limits),
-        diskBytes: spec.limits.diskBytes,
-        inodes: spec.limits.inodes,
-        rootUid: spec.ids.base,
-        lowerdir: spec.image.rootfs,
+      sandbox.client = await phases.time("connect", async () => {
+        const client = await SupervisorClient.connect(paths.socket, { timeoutMs: 10_000 });
+        await client.hello();
+        return client;
       });
-      // The layer's loop device exists only now that it is mounted: find the devices
-      // to throttle after mounting, and only when an I/O limit asks for it.
-      let blockDevices: CarrierDevice[] | undefined;
-      if (hasIoLimits(spec.limits)) {
-        blockDevices = await findIoCarriers({
-          imageRootfs: spec.image.rootfs,
-          dataDir: host.config.dataDir,
-          layerMount: paths.layer,
-        });
-      }
-      const config = buildOciSpec({
-        spec,
-        rootfs: paths.rootfs,
-        supervisorHostPath: paths.supervisor,
-        kernelsHostDir: host.kernels,
-        cgroupsPath,
-        swapAccounting: host.swapAccounting,
-        ...(blockDevices ? { blockDevices } : {}),
-      });
-      sandbox.blockIo = config.linux.resources.blockIO;
-      await mkdir(paths.bundle, { mode: 0o711 });
-      await writeFile(path.join(paths.bundle, "config.json"), JSON.stringify(config, null, 1));
-      await host.runtime.start({
-        id,
-        bundle: paths.bundle,
-        socketPath: paths.socket,
-        logPath: paths.runcLog,
-      });
-      sandbox.client = await SupervisorClient.connect(paths.socket, { timeoutMs: 10_000 });
-      await sandbox.client.hello();
-      await sandbox.runSelfCheck();
+      await phases.time("self_check", () => sandbox.runSelfCheck());
+      sandbox.createPhases = phases.ms;
       host.events.emit({
         principal: host.config.principal,
-        sandbox: id,
+        sandbox: spec.id,
         kind: "sandbox.create",
         details: {
           image: spec.image.digest,
           limits: spec.limits,
           layer: chooseLayerKind(spec.limits),
+          layerSource: laid.layerSource,
           runtime: host.runtime.name,
           ...(sandbox.blockIo ? { blockIO: sandbox.blockIo } : {}),
-          ms: Date.now() - started,
+          ms: Math.round(performance.now() - started),
+          phases: phases.ms,
           ...(spec.testOnly ? { testOnly: spec.testOnly } : {}),
         },
         outcome: "ok",
@@ -228,7 +306,7 @@ export class Sandbox {
       const error = asCorralError(err);
       host.events.emit({
         principal: host.config.principal,
-        sandbox: id,
+        sandbox: spec.id,
         kind: "sandbox.create",
         details: { image: spec.image.digest, error: error.message, code: error.code },
         outcome: error.code === "self_check_failed" ? "denied" : "error",
