@@ -8,7 +8,7 @@ import type { Limits } from "../core/limits.js";
 import type { ImageRef, Language, TestOnlyWeakening } from "../core/sandbox.js";
 import { type ChangedFile, collectChangedFiles } from "./files-out.js";
 import type { Host } from "./host.js";
-import { Sandbox } from "./sandbox.js";
+import { PhaseTimer, Sandbox } from "./sandbox.js";
 
 export interface RunCodeRequest {
   language: Language;
@@ -23,6 +23,8 @@ export interface RunCodeRequest {
   testOnly?: TestOnlyWeakening;
   /** Called once the sandbox exists (the CLI uses it to clean up on Ctrl-C). */
   onSandbox?: (sandbox: Sandbox) => void;
+  /** Where to record how long each step took (the benchmark's breakdown). */
+  phases?: PhaseTimer;
 }
 
 export interface StreamResult {
@@ -90,35 +92,46 @@ export function streamResult(bytes: Buffer, total: number): StreamResult {
 
 export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResult> {
   const started = performance.now();
+  const phases = req.phases ?? new PhaseTimer();
   const sandbox = await Sandbox.create(host, {
     image: req.image,
     limits: req.limits,
     ...(req.testOnly ? { testOnly: req.testOnly } : {}),
   });
+  for (const [name, ms] of Object.entries(sandbox.createPhases)) phases.ms[`create.${name}`] = ms;
+  phases.ms.create = Math.round((performance.now() - started) * 100) / 100;
   req.onSandbox?.(sandbox);
   try {
     const codeFile = codeFileFor(req.language);
-    await sandbox.writeFile(codeFile, req.code);
-    for (const input of req.inputs ?? []) await sandbox.writeFile(input.path, input.data);
-    const outcome = await sandbox.exec({
-      argv: argvFor(req.language, codeFile),
-      cwd: "/work",
-      timeoutMs: req.limits.timeoutMs,
-      outputCapBytes: req.limits.outputCapBytes,
-      ...(req.onStdout ? { onStdout: req.onStdout } : {}),
-      ...(req.onStderr ? { onStderr: req.onStderr } : {}),
+    await phases.time("write_code", async () => {
+      await sandbox.writeFile(codeFile, req.code);
+      for (const input of req.inputs ?? []) await sandbox.writeFile(input.path, input.data);
     });
+    const outcome = await phases.time("exec", () =>
+      sandbox.exec({
+        argv: argvFor(req.language, codeFile),
+        cwd: "/work",
+        timeoutMs: req.limits.timeoutMs,
+        outputCapBytes: req.limits.outputCapBytes,
+        ...(req.onStdout ? { onStdout: req.onStdout } : {}),
+        ...(req.onStderr ? { onStderr: req.onStderr } : {}),
+      }),
+    );
     // Files are taken only after every process in the sandbox is gone.
-    await sandbox.stop();
+    const stopPhases = new PhaseTimer();
+    await phases.time("stop", () => sandbox.stop(stopPhases));
+    for (const [name, ms] of Object.entries(stopPhases.ms)) phases.ms[`stop.${name}`] = ms;
     const unchangedInputs = new Set(
       (req.inputs ?? []).map(
         (i) => `${i.path}\0${createHash("sha256").update(i.data).digest("hex")}`,
       ),
     );
     const files = (
-      await collectChangedFiles(sandbox.upperPath("work"), {
-        ...(req.outDir ? { outDir: req.outDir } : {}),
-      })
+      await phases.time("files", () =>
+        collectChangedFiles(sandbox.upperPath("work"), {
+          ...(req.outDir ? { outDir: req.outDir } : {}),
+        }),
+      )
     ).filter((f) => !unchangedInputs.has(`/work/${f.path}\0${f.sha256}`));
     const result: RunResult = {
       sandbox: sandbox.id,
@@ -156,6 +169,8 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
     });
     return result;
   } finally {
-    await sandbox.destroy();
+    const destroyPhases = new PhaseTimer();
+    await phases.time("destroy", () => sandbox.destroy(destroyPhases));
+    for (const [name, ms] of Object.entries(destroyPhases.ms)) phases.ms[`destroy.${name}`] = ms;
   }
 }

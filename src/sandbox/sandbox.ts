@@ -239,6 +239,8 @@ export class Sandbox {
   private client: SupervisorClient | null = null;
   private stopped = false;
   private destroyed = false;
+  /** runc deleting the stopped container (started by stop; destroy waits for it). */
+  private removal: Promise<void> | null = null;
   selfCheck: SelfCheckDecision | null = null;
   /** Where the writable layer came from: tmpfs, the layer pool, or its own mkfs. */
   layerSource: LayerSource | null = null;
@@ -453,13 +455,19 @@ export class Sandbox {
   }
 
   /** Stop the container (every process in it); the layer stays mounted for inspection. */
-  async stop(): Promise<void> {
+  async stop(phases: PhaseTimer = new PhaseTimer()): Promise<void> {
     if (this.stopped && this.client === null) return;
     this.stopped = true;
     this.client?.close();
     this.client = null;
-    await this.host.runtime.kill(this.id).catch(() => undefined);
-    await this.host.runtime.remove(this.id);
+    // Kill first, then delete: `runc delete --force` of a running container polls for
+    // its death in 100 ms steps, while a stopped one is deleted at once.
+    await phases.time("kill", () => this.host.runtime.stop(this.id).catch(() => undefined));
+    // Every process is gone now. runc's own bookkeeping (its state and the cgroups) does
+    // not hold the layer, so it is removed while the caller collects files and unmounts;
+    // destroy waits for it.
+    this.removal = this.host.runtime.remove(this.id);
+    this.removal.catch(() => undefined); // destroy reports it
   }
 
   /** The writable layer's view of a directory of the sandbox (the overlay's upper dir). */
@@ -467,17 +475,22 @@ export class Sandbox {
     return path.join(this.paths.layer, "upper", inside);
   }
 
-  async destroy(): Promise<void> {
+  async destroy(phases: PhaseTimer = new PhaseTimer()): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
     let failure: unknown = null;
     try {
-      await this.stop();
+      await this.stop(phases);
     } catch (err) {
       failure = err;
     }
     try {
-      await removeSandboxResources(this.host, this.id);
+      await removeSandboxResources(
+        this.host,
+        this.id,
+        phases,
+        this.removal ? { removal: this.removal } : {},
+      );
     } catch (err) {
       failure ??= err;
     }
@@ -524,14 +537,36 @@ function diffUsage(before: CgroupUsage, after: CgroupUsage): CgroupUsage {
  * container, its mounts and loop device, its cgroups, its directory. Used by destroy and
  * by gc; each step tolerates what is already gone.
  */
-export async function removeSandboxResources(host: Host, id: string): Promise<void> {
-  await host.runtime.remove(id);
+export async function removeSandboxResources(
+  host: Host,
+  id: string,
+  phases: PhaseTimer = new PhaseTimer(),
+  /** The container's deletion, already under way (by Sandbox.stop). */
+  known: { removal?: Promise<void> } = {},
+): Promise<void> {
   const paths = sandboxPaths(host, id);
-  await unmountLayer(paths);
-  for (const dir of await cgroupDirsWithPrefix(cgroupNameFor(host.tag, id))) {
-    await removeCgroupDir(dir);
+  if (known.removal) {
+    // The container is stopped (its processes reaped): unmount while runc deletes it.
+    const removal = known.removal;
+    const [removed, unmounted] = await Promise.allSettled([
+      phases.time("runc_delete", () => removal),
+      phases.time("unmount", () => unmountLayer(paths)),
+    ]);
+    if (removed.status === "rejected") {
+      // Deletion failed: try once more, as gc would, before giving up.
+      await phases.time("runc_delete_retry", () => host.runtime.remove(id));
+    }
+    if (unmounted.status === "rejected") throw unmounted.reason;
+  } else {
+    await phases.time("runc_delete", () => host.runtime.remove(id));
+    await phases.time("unmount", () => unmountLayer(paths));
   }
-  await rm(paths.dir, { recursive: true, force: true });
+  await phases.time("cgroups", async () => {
+    for (const dir of await cgroupDirsWithPrefix(cgroupNameFor(host.tag, id))) {
+      await removeCgroupDir(dir);
+    }
+  });
+  await phases.time("rm", () => rm(paths.dir, { recursive: true, force: true }));
 }
 
 export async function readOwner(host: Host, id: string): Promise<Record<string, unknown> | null> {

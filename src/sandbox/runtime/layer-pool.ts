@@ -236,11 +236,24 @@ export class LayerPool {
     });
   }
 
-  /** Stop filling after the entry being made (the CLI calls it before exiting). */
-  async settle(): Promise<void> {
+  /**
+   * Stop filling after the entry being made, waiting for it at most `timeoutMs` (then it
+   * is aborted): the CLI calls this before exiting, so that the next run finds an entry,
+   * without letting a slow disk (mkfs ends with an fsync) hold the command up.
+   */
+  async settle(timeoutMs = 250): Promise<void> {
     this.stopped = true;
-    await this.inFlight?.done;
-    await this.filling;
+    const idle = (async () => {
+      await this.inFlight?.done;
+      await this.filling;
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<boolean>((r) => {
+      timer = setTimeout(() => r(true), timeoutMs);
+    });
+    const timedOut = await Promise.race([idle.then(() => false), late]);
+    clearTimeout(timer);
+    if (timedOut) this.close();
   }
 
   /**
