@@ -1,151 +1,163 @@
 /**
- * `corral doctor`: what this host enforces, what it does not, and how to fix it. It checks
- * the host's prerequisites, then starts a real sandbox and prints its self-check.
+ * `corral doctor`: what this host enforces, what it does not, and how to fix it. It
+ * gathers facts about the host (this file), decides the lines from them (the pure
+ * decideHostLines), then starts real sandboxes and prints their self-checks.
  */
-import { readFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { readdir, readFile } from "node:fs/promises";
 import os from "node:os";
+import path from "node:path";
 import type { CorralConfig } from "../core/config.js";
 import { asCorralError } from "../core/errors.js";
-import { DEFAULT_LIMITS, formatBytes } from "../core/limits.js";
+import { DEFAULT_LIMITS, GiB } from "../core/limits.js";
 import { runCommand } from "../core/proc.js";
-import { chooseLayerKind } from "../core/sandbox.js";
+import { type DoctorLine, decideHostLines, type HostFacts } from "../sandbox/doctor-checks.js";
 import { openHost } from "../sandbox/host.js";
 import { loadImageRef } from "../sandbox/image-ref.js";
-import { findOnPath, hostHardLimits, userNamespacesAvailable } from "../sandbox/prerequisites.js";
-import { cgroupVersion, swapAccounting } from "../sandbox/runtime/cgroups.js";
+import { findOnPath, hostHardLimits } from "../sandbox/prerequisites.js";
+import { probeDeviceUnder } from "../sandbox/runtime/block-devices.js";
+import { CGROUP_ROOT, cgroupVersion, swapAccounting } from "../sandbox/runtime/cgroups.js";
+import { classifyPoolFile } from "../sandbox/runtime/layer-pool.js";
 import { REFUSED_SYSCALLS } from "../sandbox/runtime/seccomp.js";
 import { Sandbox } from "../sandbox/sandbox.js";
 
-type Status = "ok" | "degraded" | "missing";
-interface Line {
-  status: Status;
-  name: string;
-  detail: string;
-  fix?: string;
+async function readOr(file: string, fallback: string): Promise<string> {
+  return readFile(file, "utf8").catch(() => fallback);
 }
 
-async function hostChecks(config: CorralConfig): Promise<Line[]> {
-  const lines: Line[] = [];
-  const add = (status: Status, name: string, detail: string, fix?: string) =>
-    lines.push({ status, name, detail, ...(fix ? { fix } : {}) });
+async function enabledControllers(version: 1 | 2): Promise<string[]> {
+  if (version === 2) {
+    return (await readOr(path.join(CGROUP_ROOT, "cgroup.subtree_control"), ""))
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean);
+  }
+  // /proc/cgroups: name, hierarchy, cgroups, enabled; a controller counts when it is
+  // enabled and mounted (hierarchy > 0).
+  return (await readOr("/proc/cgroups", ""))
+    .split("\n")
+    .filter((l) => l && !l.startsWith("#"))
+    .map((l) => l.split(/\s+/))
+    .filter((f) => f[3] === "1" && Number(f[1]) > 0)
+    .map((f) => f[0]!);
+}
 
-  add(
-    process.getuid?.() === 0 ? "ok" : "missing",
-    "root",
-    `uid ${process.getuid?.()}`,
-    "run as root",
-  );
-  add("ok", "kernel", `${os.release()} ${os.arch()}`);
-  const runc = await findOnPath(config.runtime);
-  if (runc) {
-    const v = await runCommand([runc, "--version"]).catch(() => null);
-    const version = /version\s+(\S+)/.exec(v?.stdout ?? "")?.[1] ?? "unknown";
-    add("ok", "runtime", `${config.runtime} ${version} at ${runc}`);
-  } else {
-    add("missing", "runtime", `${config.runtime} not found`, "apt-get install runc");
-  }
-  const cg = cgroupVersion();
-  let controllers = "";
+export async function gatherHostFacts(config: CorralConfig): Promise<HostFacts> {
+  const version = cgroupVersion();
+  const controllers = await enabledControllers(version);
+  const runtimePath = await findOnPath(config.runtime);
+  const versionText = runtimePath
+    ? ((await runCommand([runtimePath, "--version"]).catch(() => null))?.stdout ?? null)
+    : null;
+  const status = await readOr("/proc/self/status", "");
+  let image: HostFacts["image"];
   try {
-    controllers =
-      cg === 2
-        ? (await readFile("/sys/fs/cgroup/cgroup.controllers", "utf8")).trim()
-        : (await readFile("/proc/cgroups", "utf8"))
-            .split("\n")
-            .filter((l) => l && !l.startsWith("#") && l.trim().endsWith("1"))
-            .map((l) => l.split("\t")[0])
-            .join(" ");
-  } catch {
-    // unknown
-  }
-  add(
-    "ok",
-    "cgroups",
-    `v${cg}${cg === 1 ? " (hybrid or legacy; tested)" : " (unified; mapped, untested here)"}: ${controllers}`,
-  );
-  add(
-    swapAccounting(cg) ? "ok" : "degraded",
-    "memory.swap",
-    swapAccounting(cg)
-      ? "memory+swap limited to the memory limit"
-      : "swap accounting off: a sandbox could swap",
-    "boot with swapaccount=1",
-  );
-  add(
-    (await userNamespacesAvailable()) ? "ok" : "missing",
-    "user namespaces",
-    `max_user_namespaces ${(await readFile("/proc/sys/user/max_user_namespaces", "utf8").catch(() => "0")).trim()}`,
-    "sysctl -w user.max_user_namespaces=15000",
-  );
-  const seccomp = /^Seccomp:\s+(\d)/m.exec(await readFile("/proc/self/status", "utf8"));
-  add(
-    seccomp ? "ok" : "missing",
-    "seccomp",
-    seccomp
-      ? `allowlist, default EPERM; ${REFUSED_SYSCALLS.length} syscalls refused by name`
-      : "kernel lacks seccomp",
-  );
-  const loop = await findOnPath("losetup");
-  add(
-    loop ? "ok" : "missing",
-    "loop devices",
-    loop ? "losetup present" : "losetup missing",
-    "apt-get install mount",
-  );
-  const mkfs = await findOnPath("mkfs.ext4");
-  const layer = chooseLayerKind(DEFAULT_LIMITS);
-  add(
-    mkfs ? "ok" : "missing",
-    "disk limit",
-    `${layer} for the default ${formatBytes(DEFAULT_LIMITS.diskBytes)} disk (tmpfs when disk ≤ half the memory limit, since tmpfs counts as memory)`,
-    "apt-get install e2fsprogs",
-  );
-  const hard = await hostHardLimits();
-  add("ok", "rlimits", `host hard limits: open files ${hard.nofile}, file size ${hard.fsize}`);
-  add(
-    (await findOnPath("debootstrap")) ? "ok" : "missing",
-    "debootstrap",
-    "needed to build images",
-    "apt-get install debootstrap",
-  );
-  try {
-    const image = await loadImageRef(config, "default");
-    add("ok", "image", `default ${image.digest.slice(0, 19)} in ${config.imageDir}`);
+    const ref = await loadImageRef(config, "default");
+    image = { ok: true, digest: ref.digest, dir: config.imageDir };
   } catch (err) {
     const e = asCorralError(err);
-    add("missing", "image", e.message, e.hint ?? "corral image build");
+    image = { ok: false, message: e.message, hint: e.hint ?? "corral image build" };
   }
-  return lines;
+  const poolDir = path.join(config.dataDir, "pool");
+  const poolNames = await readdir(poolDir).catch(() => [] as string[]);
+  return {
+    uid: process.getuid?.() ?? -1,
+    kernel: { release: os.release(), arch: os.arch() },
+    runtime: { name: config.runtime, path: runtimePath, versionText },
+    cgroup: {
+      version,
+      controllers,
+      swapAccounting: swapAccounting(version),
+      ioThrottle:
+        version === 2
+          ? controllers.includes("io")
+          : existsSync(path.join(CGROUP_ROOT, "blkio", "blkio.throttle.read_bps_device")),
+    },
+    maxUserNamespaces: Number(
+      (await readOr("/proc/sys/user/max_user_namespaces", "0")).trim() || 0,
+    ),
+    seccomp: /^Seccomp:\s+\d/m.test(status),
+    seccompFilter: /^Seccomp_filters:\s+\d/m.test(status) || existsSync("/proc/sys/kernel/seccomp"),
+    refusedSyscalls: REFUSED_SYSCALLS.length,
+    loop: {
+      losetup: (await findOnPath("losetup")) !== null,
+      loopControl: existsSync("/dev/loop-control"),
+    },
+    mkfsExt4: (await findOnPath("mkfs.ext4")) !== null,
+    debootstrap: (await findOnPath("debootstrap")) !== null,
+    hardLimits: await hostHardLimits(),
+    defaults: { ...DEFAULT_LIMITS },
+    image,
+    imageDevice: await probeDeviceUnder(existsSync(config.imageDir) ? config.imageDir : "/"),
+    dataDevice: await probeDeviceUnder(existsSync(config.dataDir) ? config.dataDir : "/"),
+    pool: {
+      perShape: config.layerPool.perShape,
+      shapes: config.layerPool.shapes,
+      ready: poolNames.filter((n) => classifyPoolFile(n, config.layerPool.shapes).kind === "ready")
+        .length,
+      dir: poolDir,
+    },
+  };
 }
 
-async function probeLines(config: CorralConfig): Promise<Line[]> {
+/**
+ * Start real sandboxes and report their self-checks: one with the default limits, and,
+ * when I/O limits can be enforced here, one with an (effectively unlimited) I/O limit,
+ * which proves the throttles reach the cgroup on every device that carries I/O.
+ */
+async function probeLines(config: CorralConfig, withIo: boolean): Promise<DoctorLine[]> {
   const host = await openHost(config);
   try {
     const image = await loadImageRef(config, "default");
-    const sandbox = await Sandbox.create(host, { image, limits: { ...DEFAULT_LIMITS } });
-    try {
-      const decision = sandbox.selfCheck;
-      return (decision?.checks ?? []).map((c) => ({
-        status: c.ok ? ("ok" as const) : ("missing" as const),
-        name: `self-check ${c.name}`,
-        detail: c.detail,
-      }));
-    } finally {
-      await sandbox.destroy();
+    const lines: DoctorLine[] = [];
+    const probe = async (limits: typeof DEFAULT_LIMITS, only?: string) => {
+      const sandbox = await Sandbox.create(host, { image, limits });
+      try {
+        for (const c of sandbox.selfCheck?.checks ?? []) {
+          if (only && c.name !== only) continue;
+          lines.push({
+            status: c.ok ? "ok" : "missing",
+            name: `self-check ${c.name}`,
+            detail: c.detail,
+          });
+        }
+      } finally {
+        await sandbox.destroy();
+      }
+    };
+    await probe({ ...DEFAULT_LIMITS });
+    if (withIo) {
+      try {
+        await probe({ ...DEFAULT_LIMITS, ioReadBps: 1024 * GiB }, "cgroup.io");
+      } catch (err) {
+        const e = asCorralError(err);
+        lines.push({
+          status: "missing",
+          name: "self-check cgroup.io",
+          detail: e.message,
+          ...(e.hint ? { fix: e.hint } : {}),
+        });
+      }
     }
+    return lines;
   } finally {
     host.close();
   }
+}
+
+export function formatDoctorLine(l: DoctorLine): string {
+  return `${l.status.padEnd(8)} ${l.name.padEnd(28)} ${l.detail}${l.fix && l.status !== "ok" ? `  → ${l.fix}` : ""}`;
 }
 
 export async function doctorCommand(
   config: CorralConfig,
   flags: { json?: boolean },
 ): Promise<number> {
-  const lines = await hostChecks(config);
-  if (!lines.some((l) => l.status === "missing")) {
+  const lines = decideHostLines(await gatherHostFacts(config));
+  if (!lines.some((l) => l.status === "missing" && l.name !== "I/O limits")) {
     try {
-      lines.push(...(await probeLines(config)));
+      const io = lines.find((l) => l.name === "I/O limits");
+      lines.push(...(await probeLines(config, io?.status !== "missing")));
     } catch (err) {
       const e = asCorralError(err);
       lines.push({
@@ -162,19 +174,10 @@ export async function doctorCommand(
       detail: "not run: fix the missing prerequisites first",
     });
   }
-  lines.push({
-    status: "degraded",
-    name: "not enforced yet",
-    detail: "block I/O and network bandwidth limits (later); network is loopback-only, no egress",
-  });
   if (flags.json) {
     process.stdout.write(`${JSON.stringify(lines, null, 2)}\n`);
   } else {
-    for (const l of lines) {
-      process.stdout.write(
-        `${l.status.padEnd(8)} ${l.name.padEnd(28)} ${l.detail}${l.fix && l.status !== "ok" ? `  → ${l.fix}` : ""}\n`,
-      );
-    }
+    for (const l of lines) process.stdout.write(`${formatDoctorLine(l)}\n`);
   }
   return lines.some((l) => l.status === "missing") ? 1 : 0;
 }

@@ -14,9 +14,15 @@ import { EXIT_CORRAL_ERROR, reportError } from "./output.js";
 import { type RunFlags, runCommandLine } from "./run.js";
 
 function globalFlags(cmd: Command): ConfigFlags {
-  const o = cmd.optsWithGlobals() as { dataDir?: string; imageDir?: string; runtime?: string };
+  const o = cmd.optsWithGlobals() as {
+    dataDir?: string;
+    imageDir?: string;
+    runtime?: string;
+    layerPool?: string;
+  };
   return {
     ...(o.dataDir ? { dataDir: o.dataDir } : {}),
+    ...(o.layerPool !== undefined ? { layerPool: o.layerPool } : {}),
     ...(o.imageDir ? { imageDir: o.imageDir } : {}),
     ...(o.runtime ? { runtime: o.runtime } : {}),
   };
@@ -28,6 +34,10 @@ export async function main(argv: string[]): Promise<number> {
     .description("Run untrusted code in ephemeral, locked-down sandboxes")
     .option("--data-dir <dir>", "where this instance keeps its state (env CORRAL_DATA_DIR)")
     .option("--image-dir <dir>", "the shared image cache (env CORRAL_IMAGE_DIR)")
+    .option(
+      "--layer-pool <n>",
+      "pre-made disk layers kept ready, 0 disables (env CORRAL_LAYER_POOL, default 2)",
+    )
     .addOption(
       new Option("--runtime <name>", "the OCI runtime binary (env CORRAL_RUNTIME)").hideHelp(),
     )
@@ -72,6 +82,16 @@ export async function main(argv: string[]): Promise<number> {
     .option("--file-size <size>", "largest file a process may write (default: the disk limit)")
     .option("--timeout <duration>", "wall-time limit (default 30s)")
     .option("--output-cap <size>", "bytes kept per output stream (default 1m)")
+    .option("--io-read-bps <rate>", "read bandwidth per second, e.g. 10m (default unlimited)")
+    .option(
+      "--io-write-bps <rate>",
+      "write bandwidth per second; cgroup v1: O_DIRECT writes only (default unlimited)",
+    )
+    .option("--io-read-iops <n>", "read operations per second (default unlimited)")
+    .option(
+      "--io-write-iops <n>",
+      "write operations per second; cgroup v1: O_DIRECT writes only (default unlimited)",
+    )
     .option("--out <dir>", "copy files created or changed under /work here")
     .option("--json", "print one JSON result instead of streaming")
     .action(async (file: string | undefined, rest: string[], flags: RunFlags, cmd: Command) => {
@@ -152,7 +172,8 @@ export async function main(argv: string[]): Promise<number> {
     .option("--dry-run", "only report what would be removed")
     .option("--json", "print JSON")
     .option("--force", "also remove server-owned sandboxes whose server is gone")
-    .action(async (flags: { dryRun?: boolean; json?: boolean }, cmd: Command) => {
+    .option("--pool", "also remove the ready entries of the layer pool")
+    .action(async (flags: { dryRun?: boolean; json?: boolean; pool?: boolean }, cmd: Command) => {
       exitCode = await gcCommand(loadConfig(globalFlags(cmd)), flags);
     });
 

@@ -41,6 +41,10 @@ export interface RunFlags {
   fileSize?: string;
   timeout?: string;
   outputCap?: string;
+  ioReadBps?: string;
+  ioWriteBps?: string;
+  ioReadIops?: string;
+  ioWriteIops?: string;
   out?: string;
   json?: boolean;
 }
@@ -105,6 +109,10 @@ export async function runCommandLine(
     ...(flags.fileSize !== undefined ? { fileSize: flags.fileSize } : {}),
     ...(flags.timeout !== undefined ? { timeout: flags.timeout } : {}),
     ...(flags.outputCap !== undefined ? { outputCap: flags.outputCap } : {}),
+    ...(flags.ioReadBps !== undefined ? { ioReadBps: flags.ioReadBps } : {}),
+    ...(flags.ioWriteBps !== undefined ? { ioWriteBps: flags.ioWriteBps } : {}),
+    ...(flags.ioReadIops !== undefined ? { ioReadIops: flags.ioReadIops } : {}),
+    ...(flags.ioWriteIops !== undefined ? { ioWriteIops: flags.ioWriteIops } : {}),
   });
   const program: RunProgram =
     choice.kind === "argv"
@@ -202,6 +210,9 @@ export async function runCommandLine(
     process.off("SIGTERM", onSignal);
     // The program is gone: stop reading our stdin, or an open pipe keeps the CLI alive.
     if (flags.interactive) process.stdin.destroy();
+    // Let the layer pool finish the entry it is making (it started while the sandbox was
+    // being created, so this is short), so that the next run finds one ready.
+    await host.layerPool?.settle();
     host.close();
   }
 }

@@ -1,6 +1,8 @@
 import { createHash } from "node:crypto";
 import { realpathSync } from "node:fs";
 import path from "node:path";
+import { CorralError } from "./errors.js";
+import { DEFAULT_LIMITS } from "./limits.js";
 import type { IdRange } from "./sandbox.js";
 
 /**
@@ -18,6 +20,25 @@ export interface CorralConfig {
   ids: IdRange;
   /** Who acts: `local:<uid>` for the CLI. */
   principal: string;
+  /**
+   * Pre-made loop-backed writable layers kept ready under `<dataDir>/pool`: how many of
+   * each shape (0 disables the pool), and the shapes (size and inode count) pooled.
+   */
+  layerPool: { perShape: number; shapes: { diskBytes: number; inodes: number }[] };
+}
+
+/** Two of the default layer: enough for back-to-back creates, little disk (sparse files). */
+export const DEFAULT_LAYER_POOL = 2;
+const MAX_LAYER_POOL = 64;
+
+export function parseLayerPool(text: string): number {
+  if (!/^\s*\d+\s*$/.test(text) || Number(text) > MAX_LAYER_POOL) {
+    throw new CorralError(
+      "invalid_argument",
+      `invalid layer pool size "${text}": expected a whole number from 0 (off) to ${MAX_LAYER_POOL}`,
+    );
+  }
+  return Number(text);
 }
 
 export const DEFAULT_DATA_DIR = "/var/lib/corral";
@@ -30,6 +51,7 @@ export interface ConfigFlags {
   dataDir?: string;
   imageDir?: string;
   runtime?: string;
+  layerPool?: string;
 }
 
 export function loadConfig(
@@ -43,6 +65,12 @@ export function loadConfig(
     runtime: flags.runtime ?? env.CORRAL_RUNTIME ?? "runc",
     ids: { base, size: ID_RANGE_SIZE },
     principal: `local:${process.getuid?.() ?? 0}`,
+    layerPool: {
+      perShape: parseLayerPool(
+        flags.layerPool ?? env.CORRAL_LAYER_POOL ?? String(DEFAULT_LAYER_POOL),
+      ),
+      shapes: [{ diskBytes: DEFAULT_LIMITS.diskBytes, inodes: DEFAULT_LIMITS.inodes }],
+    },
   };
 }
 

@@ -13,6 +13,23 @@ export interface Limits {
   timeoutMs: number;
   /** Per stream (stdout, stderr): bytes kept; the rest is counted and dropped. */
   outputCapBytes: number;
+  /**
+   * Block I/O throttles (bytes or operations per second) on the devices that carry the
+   * sandbox's I/O; 0 means unlimited, as the kernel reads a rate of 0. What they bind
+   * depends on the cgroup version: see `describeIoEnforcement`.
+   */
+  ioReadBps: number;
+  ioWriteBps: number;
+  ioReadIops: number;
+  ioWriteIops: number;
+}
+
+/** The limits that are rates of block I/O (0 = unlimited). */
+export const IO_LIMIT_KEYS = ["ioReadBps", "ioWriteBps", "ioReadIops", "ioWriteIops"] as const;
+export type IoLimitKey = (typeof IO_LIMIT_KEYS)[number];
+
+export function hasIoLimits(limits: Pick<Limits, IoLimitKey>): boolean {
+  return IO_LIMIT_KEYS.some((k) => limits[k] > 0);
 }
 
 export const MiB = 1024 * 1024;
@@ -28,6 +45,10 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   fileSizeBytes: 1 * GiB,
   timeoutMs: 30_000,
   outputCapBytes: 1 * MiB,
+  ioReadBps: 0,
+  ioWriteBps: 0,
+  ioReadIops: 0,
+  ioWriteIops: 0,
 });
 
 /** Bounds that keep a typo from asking for something absurd; the kernel enforces the rest. */
@@ -41,6 +62,12 @@ const BOUNDS = {
   fileSizeBytes: [1, 16 * 1024 * GiB],
   timeoutMs: [1, 24 * 3600 * 1000],
   outputCapBytes: [0, 1024 * MiB],
+  // Below these a sandbox could not even start its interpreter in a useful time; 0 (no
+  // limit) is allowed besides the range, see checkLimits.
+  ioReadBps: [256 * 1024, 1024 * GiB],
+  ioWriteBps: [256 * 1024, 1024 * GiB],
+  ioReadIops: [10, 10_000_000],
+  ioWriteIops: [10, 10_000_000],
 } as const satisfies Record<keyof Limits, readonly [number, number]>;
 
 const SIZE_UNITS: Record<string, number> = {
@@ -100,6 +127,46 @@ export function parseCount(text: string, what: string): number {
   return Number(text);
 }
 
+const UNLIMITED = /^\s*(unlimited|max|none)\s*$/i;
+
+/** An I/O bandwidth: a size per second ("10m", "10m/s", "512k"), or "unlimited" (0). */
+export function parseIoRate(text: string, what: string): number {
+  if (UNLIMITED.test(text)) return 0;
+  const bare = text.replace(/\/s\s*$/i, "");
+  if (/^\s*0+\s*$/.test(bare)) {
+    throw new CorralError(
+      "invalid_argument",
+      `invalid ${what} "${text}": use "unlimited" for no limit (a rate of 0 would be ambiguous)`,
+    );
+  }
+  try {
+    return parseSize(bare, what);
+  } catch {
+    throw new CorralError(
+      "invalid_argument",
+      `invalid ${what} "${text}": expected a rate such as 10m (MiB/s), 512k or unlimited`,
+    );
+  }
+}
+
+/** An I/O operation rate: a whole number of operations per second, or "unlimited" (0). */
+export function parseIops(text: string, what: string): number {
+  if (UNLIMITED.test(text)) return 0;
+  if (/^\s*0+\s*$/.test(text)) {
+    throw new CorralError(
+      "invalid_argument",
+      `invalid ${what} "${text}": use "unlimited" for no limit (a rate of 0 would be ambiguous)`,
+    );
+  }
+  if (!/^\s*\d+\s*$/.test(text)) {
+    throw new CorralError(
+      "invalid_argument",
+      `invalid ${what} "${text}": expected a whole number of operations per second or unlimited`,
+    );
+  }
+  return Number(text);
+}
+
 export function parseCpus(text: string): number {
   if (!/^\s*\d+(\.\d+)?\s*$/.test(text)) {
     throw new CorralError(
@@ -121,6 +188,10 @@ export interface LimitFlags {
   fileSize?: string;
   timeout?: string;
   outputCap?: string;
+  ioReadBps?: string;
+  ioWriteBps?: string;
+  ioReadIops?: string;
+  ioWriteIops?: string;
 }
 
 /** Parse flags over the defaults and check every bound: the one entry point for limits. */
@@ -142,6 +213,14 @@ export function limitsFromFlags(flags: LimitFlags, base: Limits = DEFAULT_LIMITS
   if (flags.timeout !== undefined) limits.timeoutMs = parseDuration(flags.timeout, "timeout");
   if (flags.outputCap !== undefined)
     limits.outputCapBytes = parseSize(flags.outputCap, "output cap");
+  if (flags.ioReadBps !== undefined)
+    limits.ioReadBps = parseIoRate(flags.ioReadBps, "read bandwidth (--io-read-bps)");
+  if (flags.ioWriteBps !== undefined)
+    limits.ioWriteBps = parseIoRate(flags.ioWriteBps, "write bandwidth (--io-write-bps)");
+  if (flags.ioReadIops !== undefined)
+    limits.ioReadIops = parseIops(flags.ioReadIops, "read IOPS (--io-read-iops)");
+  if (flags.ioWriteIops !== undefined)
+    limits.ioWriteIops = parseIops(flags.ioWriteIops, "write IOPS (--io-write-iops)");
   return checkLimits(limits);
 }
 
@@ -156,7 +235,14 @@ const LIMIT_NAMES: Record<keyof Limits, string> = {
   fileSizeBytes: "file size limit (--file-size)",
   timeoutMs: "timeout in ms (--timeout)",
   outputCapBytes: "output cap in bytes (--output-cap)",
+  ioReadBps: "read bandwidth in bytes/s (--io-read-bps)",
+  ioWriteBps: "write bandwidth in bytes/s (--io-write-bps)",
+  ioReadIops: "read IOPS (--io-read-iops)",
+  ioWriteIops: "write IOPS (--io-write-iops)",
 };
+
+/** Limits for which 0 is allowed outside the range, meaning "no limit". */
+const ZERO_IS_UNLIMITED: ReadonlySet<keyof Limits> = new Set<keyof Limits>(IO_LIMIT_KEYS);
 
 export function checkLimits(limits: Limits): Limits {
   for (const [key, [lo, hi]] of Object.entries(BOUNDS) as [
@@ -164,7 +250,10 @@ export function checkLimits(limits: Limits): Limits {
     readonly [number, number],
   ][]) {
     const v = limits[key];
-    if (!Number.isFinite(v) || v < lo || v > hi) {
+    if (v === 0 && ZERO_IS_UNLIMITED.has(key)) continue;
+    // I/O rates reach the kernel as integers: a fraction would fail in runc, not here.
+    const badInteger = ZERO_IS_UNLIMITED.has(key) && !Number.isInteger(v);
+    if (!Number.isFinite(v) || badInteger || v < lo || v > hi) {
       throw new CorralError(
         "invalid_argument",
         `${LIMIT_NAMES[key]} ${v} is out of range [${lo}, ${hi}]`,

@@ -8,9 +8,10 @@
 import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { acquireLock } from "../core/lock.js";
-import type { Host } from "./host.js";
+import { type Host, layerPoolLockName } from "./host.js";
 import { cgroupDirsWithPrefix } from "./runtime/cgroups.js";
-import { loopDevicesUnder, mountsUnder } from "./runtime/mounts.js";
+import { LayerPool } from "./runtime/layer-pool.js";
+import { detachLoop, loopDevicesUnder, mountsUnder } from "./runtime/mounts.js";
 import { cgroupNameFor, ownerLockName, removeSandboxResources } from "./sandbox.js";
 
 export interface GcReport {
@@ -20,6 +21,8 @@ export interface GcReport {
   loopDevices: string[];
   cgroups: string[];
   directories: string[];
+  /** Layer-pool files removed: stale entries, dead fillers' partial files, all with --pool. */
+  poolFiles: string[];
   errors: string[];
 }
 
@@ -31,6 +34,7 @@ export function emptyGcReport(): GcReport {
     loopDevices: [],
     cgroups: [],
     directories: [],
+    poolFiles: [],
     errors: [],
   };
 }
@@ -74,8 +78,34 @@ export async function findSandboxTraces(host: Host): Promise<Map<string, GcRepor
   return traces;
 }
 
-export async function collectGarbage(host: Host, options: { dryRun: boolean }): Promise<GcReport> {
+/**
+ * The data directory's layer pool for gc: the host's own, or, when the pool is off, one
+ * that pools no shape, so that every entry left from when it was on counts as stale.
+ */
+function poolOf(host: Host): LayerPool {
+  return (
+    host.layerPool ??
+    new LayerPool(path.join(host.config.dataDir, "pool"), [], 0, layerPoolLockName(host.tag))
+  );
+}
+
+export async function collectGarbage(
+  host: Host,
+  options: { dryRun: boolean; drainPool?: boolean },
+): Promise<GcReport & { poolReady: number }> {
   const report = emptyGcReport();
+  const pool = poolOf(host);
+  // A pool entry is never attached while it is in the pool (a claim moves it into its
+  // sandbox's directory first): a loop device on one is attached to nothing of ours.
+  for (const l of await loopDevicesUnder(pool.dir)) {
+    report.loopDevices.push(l.name);
+    if (!options.dryRun) await detachLoop(l.name);
+  }
+  const collected = await pool.collect({
+    dryRun: options.dryRun,
+    drain: options.drainPool === true,
+  });
+  report.poolFiles.push(...collected.removed);
   for (const [id, trace] of await findSandboxTraces(host)) {
     // Holding the owner lock proves the owner is dead and keeps other gc runs away.
     const release = await acquireLock(ownerLockName(host.tag, id));
@@ -109,5 +139,5 @@ export async function collectGarbage(host: Host, options: { dryRun: boolean }): 
       await release();
     }
   }
-  return report;
+  return { ...report, poolReady: collected.ready };
 }

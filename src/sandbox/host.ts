@@ -12,6 +12,7 @@ import { packageRoot } from "../core/package-root.js";
 import { openDb } from "../store/db.js";
 import { supervisorBinaryPath } from "../supervisor/paths.js";
 import { cgroupVersion, swapAccounting } from "./runtime/cgroups.js";
+import { LayerPool } from "./runtime/layer-pool.js";
 import { RuncRuntime, type Runtime } from "./runtime/runc.js";
 
 export interface Host {
@@ -26,7 +27,16 @@ export interface Host {
   kernels: string;
   swapAccounting: boolean;
   sandboxesDir: string;
+  /** Pre-made writable layers (see runtime/layer-pool.ts); null when disabled. */
+  layerPool: LayerPool | null;
+  /** Close the event store and stop the layer pool (aborting an entry being made). */
   close(): void;
+}
+
+/** Every directory from / down to `dir` must be traversable by the sandbox's unprivileged ids. */
+/** The lock that one filler at a time holds for a data directory's layer pool. */
+export function layerPoolLockName(tag: string): string {
+  return `corral/${tag}/layer-pool`;
 }
 
 /** Every directory from / down to `dir` must be traversable by the sandbox's unprivileged ids. */
@@ -142,6 +152,15 @@ export async function openHost(config: CorralConfig): Promise<Host> {
   const supervisor = await installSupervisor(config.dataDir);
   const kernels = await installKernels(config.dataDir);
   const db = openDb(path.join(config.dataDir, "corral.db"));
+  const layerPool =
+    config.layerPool.perShape > 0
+      ? new LayerPool(
+          path.join(config.dataDir, "pool"),
+          config.layerPool.shapes,
+          config.layerPool.perShape,
+          layerPoolLockName(dataTag(config.dataDir)),
+        )
+      : null;
   return {
     config,
     tag: dataTag(config.dataDir),
@@ -151,6 +170,10 @@ export async function openHost(config: CorralConfig): Promise<Host> {
     kernels,
     swapAccounting: swapAccounting(cgroupVersion()),
     sandboxesDir,
-    close: () => db.close(),
+    layerPool,
+    close: () => {
+      layerPool?.close();
+      db.close();
+    },
   };
 }

@@ -9,7 +9,7 @@ import type { HostInput } from "../core/run-options.js";
 import type { ImageRef, Language, TestOnlyWeakening } from "../core/sandbox.js";
 import { type ChangedFile, collectChangedFiles } from "./files-out.js";
 import type { Host } from "./host.js";
-import { type ExecRequest, Sandbox } from "./sandbox.js";
+import { type ExecRequest, PhaseTimer, Sandbox } from "./sandbox.js";
 
 /** What runs: code in a language (written to a file, run by its interpreter), or an argv as is. */
 export type RunProgram =
@@ -36,6 +36,8 @@ export interface RunOptions {
   testOnly?: TestOnlyWeakening;
   /** Called once the sandbox exists (the CLI uses it to clean up on Ctrl-C). */
   onSandbox?: (sandbox: Sandbox) => void;
+  /** Where to record how long each step took (the benchmark's breakdown). */
+  phases?: PhaseTimer;
 }
 
 export type RunCodeRequest = RunProgram & RunOptions;
@@ -108,6 +110,7 @@ export function streamResult(bytes: Buffer, total: number): StreamResult {
 export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResult> {
   const started = performance.now();
   const cwd = req.cwd ?? "/work";
+  const phases = req.phases ?? new PhaseTimer();
   const sandbox = await Sandbox.create(host, {
     image: req.image,
     limits: req.limits,
@@ -115,29 +118,38 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
     ...(cwd !== "/work" ? { workdir: cwd } : {}),
     ...(req.testOnly ? { testOnly: req.testOnly } : {}),
   });
+  for (const [name, ms] of Object.entries(sandbox.createPhases)) phases.ms[`create.${name}`] = ms;
+  phases.ms.create = Math.round((performance.now() - started) * 100) / 100;
   req.onSandbox?.(sandbox);
   try {
-    let argv: string[];
-    if (req.argv !== undefined) {
-      argv = req.argv;
-    } else {
-      const codeFile = codeFileFor(req.language);
-      await sandbox.writeFile(codeFile, req.code);
-      argv = argvFor(req.language, codeFile);
-    }
-    for (const input of req.inputs ?? []) await sandbox.writeFile(input.path, input.data);
-    const outcome = await sandbox.exec({
-      argv,
-      cwd,
-      timeoutMs: req.limits.timeoutMs,
-      outputCapBytes: req.limits.outputCapBytes,
-      ...(req.env ? { env: req.env } : {}),
-      ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
-      ...(req.onStdout ? { onStdout: req.onStdout } : {}),
-      ...(req.onStderr ? { onStderr: req.onStderr } : {}),
+    const argv = await phases.time("write_code", async () => {
+      let argv: string[];
+      if (req.argv !== undefined) {
+        argv = req.argv;
+      } else {
+        const codeFile = codeFileFor(req.language);
+        await sandbox.writeFile(codeFile, req.code);
+        argv = argvFor(req.language, codeFile);
+      }
+      for (const input of req.inputs ?? []) await sandbox.writeFile(input.path, input.data);
+      return argv;
     });
+    const outcome = await phases.time("exec", () =>
+      sandbox.exec({
+        argv,
+        cwd,
+        timeoutMs: req.limits.timeoutMs,
+        outputCapBytes: req.limits.outputCapBytes,
+        ...(req.env ? { env: req.env } : {}),
+        ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
+        ...(req.onStdout ? { onStdout: req.onStdout } : {}),
+        ...(req.onStderr ? { onStderr: req.onStderr } : {}),
+      }),
+    );
     // Files are taken only after every process in the sandbox is gone.
-    await sandbox.stop();
+    const stopPhases = new PhaseTimer();
+    await phases.time("stop", () => sandbox.stop(stopPhases));
+    for (const [name, ms] of Object.entries(stopPhases.ms)) phases.ms[`stop.${name}`] = ms;
     // What was put in and left as it was is not a file the run made.
     const unchangedInputs = new Set([
       ...(req.inputs ?? []).map(
@@ -146,9 +158,11 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
       ...sandbox.copiedInputs.map((c) => `${c.path}\0${c.sha256}`),
     ]);
     const files = (
-      await collectChangedFiles(sandbox.upperPath("work"), {
-        ...(req.outDir ? { outDir: req.outDir } : {}),
-      })
+      await phases.time("files", () =>
+        collectChangedFiles(sandbox.upperPath("work"), {
+          ...(req.outDir ? { outDir: req.outDir } : {}),
+        }),
+      )
     ).filter((f) => !unchangedInputs.has(`/work/${f.path}\0${f.sha256}`));
     const result: RunResult = {
       sandbox: sandbox.id,
@@ -192,6 +206,8 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
     });
     return result;
   } finally {
-    await sandbox.destroy();
+    const destroyPhases = new PhaseTimer();
+    await phases.time("destroy", () => sandbox.destroy(destroyPhases));
+    for (const [name, ms] of Object.entries(destroyPhases.ms)) phases.ms[`destroy.${name}`] = ms;
   }
 }

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { asCorralError, CorralError } from "../core/errors.js";
-import type { Limits } from "../core/limits.js";
+import { hasIoLimits, type Limits } from "../core/limits.js";
 import { acquireLock, type Release } from "../core/lock.js";
 import { processStartTime } from "../core/proc.js";
 import type { HostInput } from "../core/run-options.js";
@@ -26,14 +26,16 @@ import {
 } from "../supervisor/client.js";
 import type { Host } from "./host.js";
 import { type CopiedFile, copyHostInputs } from "./host-inputs.js";
+import { findIoCarriers } from "./runtime/block-devices.js";
+import type { CarrierDevice, OciBlockIo } from "./runtime/block-io.js";
 import {
   CgroupReader,
   type CgroupUsage,
   cgroupDirsWithPrefix,
   removeCgroupDir,
 } from "./runtime/cgroups.js";
-import { mountLayer, unmountLayer } from "./runtime/layer.js";
-import { buildOciSpec } from "./runtime/oci-spec.js";
+import { type LayerSource, mountLayer, unmountLayer } from "./runtime/layer.js";
+import { buildOciSpec, type OciConfig } from "./runtime/oci-spec.js";
 import { decideSelfCheck, NAMESPACES, type SelfCheckDecision } from "./self-check.js";
 
 export function newSandboxId(): string {
@@ -139,13 +141,135 @@ export interface RunningProcess {
   stderr: CappedOutput;
 }
 
+/** Milliseconds spent in each named step, for the create event and the benchmark. */
+export class PhaseTimer {
+  readonly ms: Record<string, number> = {};
+  async time<T>(name: string, step: () => Promise<T>): Promise<T> {
+    const t = performance.now();
+    try {
+      return await step();
+    } finally {
+      this.ms[name] = Math.round((performance.now() - t) * 100) / 100 + (this.ms[name] ?? 0);
+    }
+  }
+}
+
+/** A new sandbox's identity, plan and paths, with its owner lock held. */
+export interface OwnedSandbox {
+  spec: SandboxSpec;
+  paths: SandboxPaths;
+  cgroupsPath: string;
+  release: Release;
+}
+
+export async function ownNewSandbox(host: Host, options: CreateOptions): Promise<OwnedSandbox> {
+  const id = newSandboxId();
+  const spec: SandboxSpec = {
+    id,
+    image: options.image,
+    limits: options.limits,
+    ids: host.config.ids,
+    network: "none",
+    hostname: "sandbox",
+    ...(options.testOnly ? { testOnly: options.testOnly } : {}),
+  };
+  // The owner lock comes first: from the moment any resource exists, gc sees it owned.
+  const release = await acquireLock(ownerLockName(host.tag, id));
+  if (!release) throw new CorralError("internal", `sandbox id ${id} is already owned`);
+  return {
+    spec,
+    paths: sandboxPaths(host, id),
+    cgroupsPath: `/${cgroupNameFor(host.tag, id)}`,
+    release,
+  };
+}
+
+export interface LaidOutSandbox {
+  /** The config.json written to the bundle. */
+  config: OciConfig;
+  layerSource: LayerSource;
+}
+
+/**
+ * Everything on the host before the container starts: the sandbox's directory and owner
+ * record, its root (image + writable layer), the devices to throttle, and the bundle's
+ * config.json. The caller owns the result: removeSandboxResources undoes it.
+ */
+export async function layOutSandbox(
+  host: Host,
+  owned: OwnedSandbox,
+  phases: PhaseTimer = new PhaseTimer(),
+): Promise<LaidOutSandbox> {
+  const { spec, paths } = owned;
+  await phases.time("dir", async () => {
+    await mkdir(paths.dir, { mode: 0o711 });
+    await writeFile(
+      path.join(paths.dir, "owner.json"),
+      JSON.stringify({
+        kind: "process",
+        pid: process.pid,
+        startTime: await processStartTime(process.pid),
+        created: new Date().toISOString(),
+      }),
+    );
+  });
+  const layerSource = await phases.time("layer", () =>
+    mountLayer(
+      paths,
+      {
+        kind: chooseLayerKind(spec.limits),
+        diskBytes: spec.limits.diskBytes,
+        inodes: spec.limits.inodes,
+        rootUid: spec.ids.base,
+        lowerdir: spec.image.rootfs,
+      },
+      host.layerPool,
+    ),
+  );
+  // The layer's loop device exists only now that it is mounted: find the devices to
+  // throttle after mounting, and only when an I/O limit asks for it.
+  let blockDevices: CarrierDevice[] | undefined;
+  if (hasIoLimits(spec.limits)) {
+    blockDevices = await phases.time("io_devices", () =>
+      findIoCarriers({
+        imageRootfs: spec.image.rootfs,
+        dataDir: host.config.dataDir,
+        layerMount: paths.layer,
+      }),
+    );
+  }
+  const config = await phases.time("bundle", async () => {
+    const config = buildOciSpec({
+      spec,
+      rootfs: paths.rootfs,
+      supervisorHostPath: paths.supervisor,
+      kernelsHostDir: host.kernels,
+      cgroupsPath: owned.cgroupsPath,
+      swapAccounting: host.swapAccounting,
+      ...(blockDevices ? { blockDevices } : {}),
+    });
+    await mkdir(paths.bundle, { mode: 0o711 });
+    await writeFile(path.join(paths.bundle, "config.json"), JSON.stringify(config, null, 1));
+    return config;
+  });
+  return { config, layerSource };
+}
+
 export class Sandbox {
   private client: SupervisorClient | null = null;
   private stopped = false;
   private destroyed = false;
+  /** runc deleting the stopped container (started by stop; destroy waits for it). */
+  private removal: Promise<void> | null = null;
   selfCheck: SelfCheckDecision | null = null;
   /** The regular files `CreateOptions.inputs` copied in. */
   copiedInputs: CopiedFile[] = [];
+  /** Where the writable layer came from: tmpfs, the layer pool, or its own mkfs. */
+  layerSource: LayerSource | null = null;
+  /** How long each step of create took, in ms (also in the sandbox.create event). */
+  createPhases: Record<string, number> = {};
+  /** The block I/O throttles planned for this sandbox (config.json), if it has I/O limits. */
+  blockIo: OciBlockIo | undefined;
 
   private constructor(
     readonly host: Host,
@@ -160,77 +284,52 @@ export class Sandbox {
   }
 
   static async create(host: Host, options: CreateOptions): Promise<Sandbox> {
-    const id = newSandboxId();
-    const spec: SandboxSpec = {
-      id,
-      image: options.image,
-      limits: options.limits,
-      ids: host.config.ids,
-      network: "none",
-      hostname: "sandbox",
-      ...(options.testOnly ? { testOnly: options.testOnly } : {}),
-    };
-    // The owner lock comes first: from the moment any resource exists, gc sees it owned.
-    const release = await acquireLock(ownerLockName(host.tag, id));
-    if (!release) throw new CorralError("internal", `sandbox id ${id} is already owned`);
-    const paths = sandboxPaths(host, id);
-    const cgroupsPath = `/${cgroupNameFor(host.tag, id)}`;
-    const sandbox = new Sandbox(host, spec, paths, new CgroupReader(cgroupsPath), release);
-    const started = Date.now();
+    const started = performance.now();
+    const phases = new PhaseTimer();
+    const owned = await ownNewSandbox(host, options);
+    const { spec, paths, cgroupsPath } = owned;
+    const sandbox = new Sandbox(host, spec, paths, new CgroupReader(cgroupsPath), owned.release);
     try {
-      await mkdir(paths.dir, { mode: 0o711 });
-      await writeFile(
-        path.join(paths.dir, "owner.json"),
-        JSON.stringify({
-          kind: "process",
-          pid: process.pid,
-          startTime: await processStartTime(process.pid),
-          created: new Date().toISOString(),
-        }),
-      );
-      await mountLayer(paths, {
-        kind: chooseLayerKind(spec.limits),
-        diskBytes: spec.limits.diskBytes,
-        inodes: spec.limits.inodes,
-        rootUid: spec.ids.base,
-        lowerdir: spec.image.rootfs,
-      });
+      const laid = await layOutSandbox(host, owned, phases);
+      sandbox.blockIo = laid.config.linux.resources.blockIO;
+      sandbox.layerSource = laid.layerSource;
       if ((options.inputs?.length ?? 0) > 0 || options.workdir !== undefined) {
         // Before the container starts: nothing runs in the root yet (see host-inputs.ts).
-        sandbox.copiedInputs = await copyHostInputs(paths.rootfs, options.inputs ?? [], {
-          rootUid: spec.ids.base,
-          ...(options.workdir !== undefined ? { workdir: options.workdir } : {}),
-        });
+        sandbox.copiedInputs = await phases.time("inputs", () =>
+          copyHostInputs(paths.rootfs, options.inputs ?? [], {
+            rootUid: spec.ids.base,
+            ...(options.workdir !== undefined ? { workdir: options.workdir } : {}),
+          }),
+        );
       }
-      const config = buildOciSpec({
-        spec,
-        rootfs: paths.rootfs,
-        supervisorHostPath: paths.supervisor,
-        kernelsHostDir: host.kernels,
-        cgroupsPath,
-        swapAccounting: host.swapAccounting,
+      await phases.time("runc_start", () =>
+        host.runtime.start({
+          id: spec.id,
+          bundle: paths.bundle,
+          socketPath: paths.socket,
+          logPath: paths.runcLog,
+        }),
+      );
+      sandbox.client = await phases.time("connect", async () => {
+        const client = await SupervisorClient.connect(paths.socket, { timeoutMs: 10_000 });
+        await client.hello();
+        return client;
       });
-      await mkdir(paths.bundle, { mode: 0o711 });
-      await writeFile(path.join(paths.bundle, "config.json"), JSON.stringify(config, null, 1));
-      await host.runtime.start({
-        id,
-        bundle: paths.bundle,
-        socketPath: paths.socket,
-        logPath: paths.runcLog,
-      });
-      sandbox.client = await SupervisorClient.connect(paths.socket, { timeoutMs: 10_000 });
-      await sandbox.client.hello();
-      await sandbox.runSelfCheck();
+      await phases.time("self_check", () => sandbox.runSelfCheck());
+      sandbox.createPhases = phases.ms;
       host.events.emit({
         principal: host.config.principal,
-        sandbox: id,
+        sandbox: spec.id,
         kind: "sandbox.create",
         details: {
           image: spec.image.digest,
           limits: spec.limits,
           layer: chooseLayerKind(spec.limits),
+          layerSource: laid.layerSource,
           runtime: host.runtime.name,
-          ms: Date.now() - started,
+          ...(sandbox.blockIo ? { blockIO: sandbox.blockIo } : {}),
+          ms: Math.round(performance.now() - started),
+          phases: phases.ms,
           ...(spec.testOnly ? { testOnly: spec.testOnly } : {}),
         },
         outcome: "ok",
@@ -240,7 +339,7 @@ export class Sandbox {
       const error = asCorralError(err);
       host.events.emit({
         principal: host.config.principal,
-        sandbox: id,
+        sandbox: spec.id,
         kind: "sandbox.create",
         details: { image: spec.image.digest, error: error.message, code: error.code },
         outcome: error.code === "self_check_failed" ? "denied" : "error",
@@ -262,7 +361,8 @@ export class Sandbox {
       hostNamespaces,
       ids: this.spec.ids,
       limits: this.spec.limits,
-      cgroup: await this.cgroup.limits(),
+      cgroup: await this.cgroup.limits({ io: this.blockIo !== undefined }),
+      blockIo: this.blockIo,
     });
     this.selfCheck = decision;
     this.host.events.emit({
@@ -408,13 +508,19 @@ export class Sandbox {
   }
 
   /** Stop the container (every process in it); the layer stays mounted for inspection. */
-  async stop(): Promise<void> {
+  async stop(phases: PhaseTimer = new PhaseTimer()): Promise<void> {
     if (this.stopped && this.client === null) return;
     this.stopped = true;
     this.client?.close();
     this.client = null;
-    await this.host.runtime.kill(this.id).catch(() => undefined);
-    await this.host.runtime.remove(this.id);
+    // Kill first, then delete: `runc delete --force` of a running container polls for
+    // its death in 100 ms steps, while a stopped one is deleted at once.
+    await phases.time("kill", () => this.host.runtime.stop(this.id).catch(() => undefined));
+    // Every process is gone now. runc's own bookkeeping (its state and the cgroups) does
+    // not hold the layer, so it is removed while the caller collects files and unmounts;
+    // destroy waits for it.
+    this.removal = this.host.runtime.remove(this.id);
+    this.removal.catch(() => undefined); // destroy reports it
   }
 
   /** The writable layer's view of a directory of the sandbox (the overlay's upper dir). */
@@ -422,17 +528,22 @@ export class Sandbox {
     return path.join(this.paths.layer, "upper", inside);
   }
 
-  async destroy(): Promise<void> {
+  async destroy(phases: PhaseTimer = new PhaseTimer()): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
     let failure: unknown = null;
     try {
-      await this.stop();
+      await this.stop(phases);
     } catch (err) {
       failure = err;
     }
     try {
-      await removeSandboxResources(this.host, this.id);
+      await removeSandboxResources(
+        this.host,
+        this.id,
+        phases,
+        this.removal ? { removal: this.removal } : {},
+      );
     } catch (err) {
       failure ??= err;
     }
@@ -479,14 +590,36 @@ function diffUsage(before: CgroupUsage, after: CgroupUsage): CgroupUsage {
  * container, its mounts and loop device, its cgroups, its directory. Used by destroy and
  * by gc; each step tolerates what is already gone.
  */
-export async function removeSandboxResources(host: Host, id: string): Promise<void> {
-  await host.runtime.remove(id);
+export async function removeSandboxResources(
+  host: Host,
+  id: string,
+  phases: PhaseTimer = new PhaseTimer(),
+  /** The container's deletion, already under way (by Sandbox.stop). */
+  known: { removal?: Promise<void> } = {},
+): Promise<void> {
   const paths = sandboxPaths(host, id);
-  await unmountLayer(paths);
-  for (const dir of await cgroupDirsWithPrefix(cgroupNameFor(host.tag, id))) {
-    await removeCgroupDir(dir);
+  if (known.removal) {
+    // The container is stopped (its processes reaped): unmount while runc deletes it.
+    const removal = known.removal;
+    const [removed, unmounted] = await Promise.allSettled([
+      phases.time("runc_delete", () => removal),
+      phases.time("unmount", () => unmountLayer(paths)),
+    ]);
+    if (removed.status === "rejected") {
+      // Deletion failed: try once more, as gc would, before giving up.
+      await phases.time("runc_delete_retry", () => host.runtime.remove(id));
+    }
+    if (unmounted.status === "rejected") throw unmounted.reason;
+  } else {
+    await phases.time("runc_delete", () => host.runtime.remove(id));
+    await phases.time("unmount", () => unmountLayer(paths));
   }
-  await rm(paths.dir, { recursive: true, force: true });
+  await phases.time("cgroups", async () => {
+    for (const dir of await cgroupDirsWithPrefix(cgroupNameFor(host.tag, id))) {
+      await removeCgroupDir(dir);
+    }
+  });
+  await phases.time("rm", () => rm(paths.dir, { recursive: true, force: true }));
 }
 
 export async function readOwner(host: Host, id: string): Promise<Record<string, unknown> | null> {

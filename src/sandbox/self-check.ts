@@ -4,8 +4,14 @@
  * the sandbox's cgroup. Each check has a name; the first failure names the refusal.
  * A requested protection that is not in force is a refusal, never a warning.
  */
-import type { Limits } from "../core/limits.js";
+import { hasIoLimits, IO_LIMIT_KEYS, type Limits } from "../core/limits.js";
 import type { IdRange } from "../core/sandbox.js";
+import {
+  emptyIoThrottleSeen,
+  missingThrottles,
+  type OciBlockIo,
+  THROTTLES,
+} from "./runtime/block-io.js";
 import type { CgroupLimitsSeen } from "./runtime/cgroups.js";
 
 export interface SelfCheckInput {
@@ -16,6 +22,8 @@ export interface SelfCheckInput {
   ids: IdRange;
   limits: Limits;
   cgroup: CgroupLimitsSeen;
+  /** The block I/O throttles the sandbox was planned with (config.json), if any. */
+  blockIo?: OciBlockIo | undefined;
 }
 
 export interface CheckOutcome {
@@ -93,6 +101,25 @@ export function decideSelfCheck(input: SelfCheckInput): SelfCheckDecision {
     cg.pids === input.limits.pids,
     `${cg.pids ?? "?"} (want ${input.limits.pids})`,
   );
+
+  if (hasIoLimits(input.limits) || input.blockIo) {
+    // Every limited kind must be planned on at least one device, and every planned
+    // throttle must be in force at exactly its rate on exactly its device.
+    const unplanned = IO_LIMIT_KEYS.filter(
+      (k) =>
+        input.limits[k] > 0 &&
+        !(input.blockIo?.[THROTTLES[k].oci] ?? []).some((t) => t.rate === input.limits[k]),
+    ).map((k) => `${THROTTLES[k].v2} not planned (want ${input.limits[k]})`);
+    const missing = [
+      ...unplanned,
+      ...missingThrottles(input.blockIo, cg.io ?? emptyIoThrottleSeen()),
+    ];
+    check(
+      "cgroup.io",
+      missing.length === 0,
+      missing.length === 0 ? "every planned throttle in force" : missing.join("; "),
+    );
+  }
 
   const failed = checks.find((c) => !c.ok);
   return failed

@@ -2,6 +2,11 @@
  * The leak check that ends every test run: no container in any runc root the tests used,
  * no mount or loop device under their directories, no cgroup named by their tags, no
  * process in the sandbox uid range, and `corral gc --dry-run --json` finds nothing.
+ *
+ * The layer pool: a ready pool file is not a leak (it is kept on purpose, and removed
+ * with its data directory); a half-made or stale one is (gc lists it in poolFiles), and
+ * so is a loop device attached to a pool file, which nothing of Corral's ever does
+ * (a claim moves the file into its sandbox's directory before attaching it).
  */
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
@@ -74,6 +79,8 @@ export async function findLeaks(testRoot: string): Promise<string[]> {
     }
   }
   for (const m of await mountsUnder(testRoot)) leaks.push(`mount ${m}`);
+  // Any loop device on a file under the test root is attached to nothing by now: every
+  // sandbox is destroyed and pool files are never attached.
   for (const l of await loopDevicesUnder(testRoot))
     leaks.push(`loop device ${l.name} (${l.backFile})`);
   leaks.push(...processesInSandboxRange(dataDirsUnder(testRoot).map((d) => dataTag(d))));

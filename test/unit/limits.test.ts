@@ -6,6 +6,8 @@ import {
   limitsFromFlags,
   MiB,
   parseDuration,
+  parseIops,
+  parseIoRate,
   parseSize,
 } from "../../src/core/limits.js";
 
@@ -50,6 +52,10 @@ describe("limits", () => {
       fileSizeBytes: GiB,
       timeoutMs: 30_000,
       outputCapBytes: MiB,
+      ioReadBps: 0,
+      ioWriteBps: 0,
+      ioReadIops: 0,
+      ioWriteIops: 0,
     });
   });
 
@@ -67,5 +73,53 @@ describe("limits", () => {
     [{ pids: "1.5" }, /invalid pids limit "1.5"/],
   ])("refuses %j", (flags, message) => {
     expect(() => limitsFromFlags(flags)).toThrow(message);
+  });
+
+  it.each([
+    ["10m", 10 * MiB],
+    ["10m/s", 10 * MiB],
+    ["512k", 512 * 1024],
+    ["1.5g", 1.5 * GiB],
+    ["unlimited", 0],
+    ["max", 0],
+  ])("parses I/O rate %s", (text, rate) => {
+    expect(parseIoRate(text, "read bandwidth")).toBe(rate);
+  });
+
+  it.each([
+    ["0", /use "unlimited" for no limit/],
+    ["0/s", /use "unlimited" for no limit/],
+    ["fast", /invalid read bandwidth "fast": expected a rate such as 10m/],
+    ["-1m", /expected a rate such as 10m/],
+  ])("refuses I/O rate %j", (text, message) => {
+    expect(() => parseIoRate(text, "read bandwidth")).toThrow(message);
+  });
+
+  it.each([
+    ["100", 100],
+    ["unlimited", 0],
+    [" 2000 ", 2000],
+  ])("parses IOPS %j", (text, n) => {
+    expect(parseIops(text, "read IOPS")).toBe(n);
+  });
+
+  it.each([
+    ["0", /use "unlimited"/],
+    ["1.5", /expected a whole number of operations per second/],
+    ["1k", /expected a whole number of operations per second/],
+  ])("refuses IOPS %j", (text, message) => {
+    expect(() => parseIops(text, "read IOPS")).toThrow(message);
+  });
+
+  it("takes the I/O flags, and checks their bounds", () => {
+    expect(
+      limitsFromFlags({ ioReadBps: "4m", ioWriteBps: "1m", ioReadIops: "100", ioWriteIops: "50" }),
+    ).toMatchObject({ ioReadBps: 4 * MiB, ioWriteBps: MiB, ioReadIops: 100, ioWriteIops: 50 });
+    expect(() => limitsFromFlags({ ioReadBps: "1k" })).toThrow(
+      /read bandwidth in bytes\/s \(--io-read-bps\) 1024 is out of range \[262144, /,
+    );
+    expect(() => limitsFromFlags({ ioWriteIops: "5" })).toThrow(
+      /write IOPS \(--io-write-iops\) 5 is out of range \[10, /,
+    );
   });
 });

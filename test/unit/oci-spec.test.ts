@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { CorralError } from "../../src/core/errors.js";
 import { DEFAULT_LIMITS, MiB } from "../../src/core/limits.js";
 import { chooseLayerKind, type SandboxSpec } from "../../src/core/sandbox.js";
 import { buildOciSpec, MASKED_PATHS, READONLY_PATHS } from "../../src/sandbox/runtime/oci-spec.js";
@@ -91,10 +92,10 @@ describe("buildOciSpec", () => {
     for (const m of config.mounts) expect(m.options, m.destination).toContain("nosuid");
     const sup = config.mounts.find((m) => m.destination === "/.corral/supervisor");
     expect(sup?.options).toEqual(["bind", "ro", "nosuid", "nodev"]);
-    // The binds are the supervisor and the kernel drivers, both read-only; nothing else.
-    const kernels = config.mounts.find((m) => m.destination === "/.corral/kernels");
-    expect(kernels?.options).toEqual(["bind", "ro", "nosuid", "nodev"]);
-    expect(config.mounts.filter((m) => m.type === "bind")).toHaveLength(2);
+    // The only host paths inside: the supervisor and the kernel drivers, both read-only.
+    const binds = config.mounts.filter((m) => m.type === "bind");
+    expect(binds.map((m) => m.destination)).toEqual(["/.corral/supervisor", "/.corral/kernels"]);
+    for (const b of binds) expect(b.options).toContain("ro");
     expect(config.mounts.find((m) => m.destination === "/dev/shm")?.options).toContain(
       "size=67108864",
     );
@@ -125,6 +126,50 @@ describe("buildOciSpec", () => {
     });
     expect(noUserns.linux.namespaces.map((n) => n.type)).not.toContain("user");
     expect(noUserns.linux.uidMappings).toBeUndefined();
+  });
+});
+
+describe("buildOciSpec: block I/O", () => {
+  const devices = [
+    { major: 254, minor: 0 },
+    { major: 7, minor: 3 },
+  ];
+  const withIo = (io: Partial<typeof spec.limits>) => ({
+    ...input,
+    spec: { ...spec, limits: { ...spec.limits, ...io } },
+  });
+
+  it("has no blockIO section without I/O limits, devices or not", () => {
+    expect(buildOciSpec(input).linux.resources.blockIO).toBeUndefined();
+    expect(
+      buildOciSpec({ ...input, blockDevices: devices }).linux.resources.blockIO,
+    ).toBeUndefined();
+  });
+
+  it("throttles each limited kind on every carrier device", () => {
+    const config = buildOciSpec({
+      ...withIo({ ioReadBps: 4 * MiB, ioWriteBps: 2 * MiB }),
+      blockDevices: devices,
+    });
+    expect(config.linux.resources.blockIO).toEqual({
+      throttleReadBpsDevice: [
+        { major: 254, minor: 0, rate: 4 * MiB },
+        { major: 7, minor: 3, rate: 4 * MiB },
+      ],
+      throttleWriteBpsDevice: [
+        { major: 254, minor: 0, rate: 2 * MiB },
+        { major: 7, minor: 3, rate: 2 * MiB },
+      ],
+    });
+  });
+
+  it("refuses an I/O limit with no device to apply it to (never silently void)", () => {
+    expect(() => buildOciSpec(withIo({ ioReadIops: 100 }))).toThrow(
+      /an I\/O limit was requested but no block device carrying the sandbox's I\/O was found/,
+    );
+    expect(() => buildOciSpec({ ...withIo({ ioReadIops: 100 }), blockDevices: [] })).toThrow(
+      CorralError,
+    );
   });
 });
 

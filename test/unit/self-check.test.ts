@@ -105,4 +105,50 @@ describe("decideSelfCheck", () => {
     const d = decideSelfCheck(input({}));
     expect(d.ok).toBe(false);
   });
+
+  describe("block I/O", () => {
+    const limits = { ...DEFAULT_LIMITS, ioReadBps: 4 * 1024 * 1024 };
+    const blockIo = {
+      throttleReadBpsDevice: [
+        { major: 254, minor: 0, rate: 4 * 1024 * 1024 },
+        { major: 7, minor: 3, rate: 4 * 1024 * 1024 },
+      ],
+    };
+    const seen = (rbps: Record<string, number>) => ({
+      ...goodCgroup,
+      io: { rbps, wbps: {}, riops: {}, wiops: {} },
+    });
+    const withIo = (cgroup: SelfCheckInput["cgroup"], plan: typeof blockIo | undefined) => ({
+      ...input(goodReport, cgroup as typeof goodCgroup),
+      limits,
+      blockIo: plan,
+    });
+
+    it("accepts every planned throttle in force", () => {
+      const d = decideSelfCheck(withIo(seen({ "254:0": 4194304, "7:3": 4194304 }), blockIo));
+      expect(d.ok).toBe(true);
+      expect(d.checks.find((c) => c.name === "cgroup.io")?.ok).toBe(true);
+    });
+
+    it.each<[string, Record<string, number>]>([
+      ["the loop device unthrottled", { "254:0": 4194304 }],
+      ["a throttle at another rate", { "254:0": 4194304, "7:3": 1048576 }],
+      ["no throttle at all", {}],
+    ])("refuses %s", (_name, rbps) => {
+      const d = decideSelfCheck(withIo(seen(rbps), blockIo));
+      expect(d.ok).toBe(false);
+      if (!d.ok) expect(d.failed).toBe("cgroup.io");
+    });
+
+    it("refuses an I/O limit that was never planned", () => {
+      const d = decideSelfCheck(withIo(seen({ "254:0": 4194304 }), undefined));
+      expect(d.ok).toBe(false);
+      if (!d.ok) expect(d.detail).toBe("rbps not planned (want 4194304)");
+    });
+
+    it("does not check I/O for a sandbox without I/O limits", () => {
+      const d = decideSelfCheck(input(goodReport));
+      expect(d.checks.some((c) => c.name === "cgroup.io")).toBe(false);
+    });
+  });
 });

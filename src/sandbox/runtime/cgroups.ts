@@ -6,6 +6,14 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { readdir, readFile, rmdir } from "node:fs/promises";
 import path from "node:path";
+import { IO_LIMIT_KEYS } from "../../core/limits.js";
+import {
+  emptyIoThrottleSeen,
+  type IoThrottleSeen,
+  parseIoMax,
+  parseV1Throttle,
+  THROTTLES,
+} from "./block-io.js";
 
 export const CGROUP_ROOT = "/sys/fs/cgroup";
 
@@ -33,6 +41,8 @@ export interface CgroupLimitsSeen {
   cpuQuotaUs: number | null;
   cpuPeriodUs: number | null;
   pids: number | null;
+  /** Block I/O throttles in force; read only when the sandbox has I/O limits. */
+  io?: IoThrottleSeen;
 }
 
 async function readText(file: string): Promise<string | null> {
@@ -130,24 +140,47 @@ export class CgroupReader {
     }
   }
 
-  async limits(): Promise<CgroupLimitsSeen> {
+  /** The limits in force; the files are independent, so they are read concurrently. */
+  async limits(options: { io?: boolean } = {}): Promise<CgroupLimitsSeen> {
+    const io = options.io ? this.ioThrottles() : Promise.resolve(undefined);
     if (this.version === 2) {
-      const cpuMax = await readText(this.file("", "cpu.max"));
+      const [cpuMax, memoryBytes, pids, ioSeen] = await Promise.all([
+        readText(this.file("", "cpu.max")),
+        readNumber(this.file("", "memory.max")),
+        readNumber(this.file("", "pids.max")),
+        io,
+      ]);
       const [quota, period] = (cpuMax ?? "").split(" ");
       return {
-        memoryBytes: await readNumber(this.file("", "memory.max")),
+        memoryBytes,
         cpuQuotaUs:
           quota === undefined || quota === "" ? null : quota === "max" ? -1 : Number(quota),
         cpuPeriodUs: period === undefined ? null : Number(period),
-        pids: await readNumber(this.file("", "pids.max")),
+        pids,
+        ...(ioSeen ? { io: ioSeen } : {}),
       };
     }
-    return {
-      memoryBytes: await readNumber(this.file("memory", "memory.limit_in_bytes")),
-      cpuQuotaUs: await readNumber(this.file("cpu", "cpu.cfs_quota_us")),
-      cpuPeriodUs: await readNumber(this.file("cpu", "cpu.cfs_period_us")),
-      pids: await readNumber(this.file("pids", "pids.max")),
-    };
+    const [memoryBytes, cpuQuotaUs, cpuPeriodUs, pids, ioSeen] = await Promise.all([
+      readNumber(this.file("memory", "memory.limit_in_bytes")),
+      readNumber(this.file("cpu", "cpu.cfs_quota_us")),
+      readNumber(this.file("cpu", "cpu.cfs_period_us")),
+      readNumber(this.file("pids", "pids.max")),
+      io,
+    ]);
+    return { memoryBytes, cpuQuotaUs, cpuPeriodUs, pids, ...(ioSeen ? { io: ioSeen } : {}) };
+  }
+
+  /** The block I/O throttles of the cgroup (v1: blkio.throttle.*; v2: io.max). */
+  async ioThrottles(): Promise<IoThrottleSeen> {
+    if (this.version === 2) return parseIoMax(await readText(this.file("", "io.max")));
+    const seen = emptyIoThrottleSeen();
+    await Promise.all(
+      IO_LIMIT_KEYS.map(async (key) => {
+        const { v1File, v2 } = THROTTLES[key];
+        seen[v2] = parseV1Throttle(await readText(this.file("blkio", v1File)));
+      }),
+    );
+    return seen;
   }
 }
 

@@ -9,6 +9,7 @@ import { chown, mkdir, open, rm } from "node:fs/promises";
 import { CorralError } from "../../core/errors.js";
 import { runCommand } from "../../core/proc.js";
 import type { LayerKind, SandboxPaths } from "../../core/sandbox.js";
+import type { LayerPool } from "./layer-pool.js";
 import { detachLoop, loopDevicesUnder, unmountAllUnder } from "./mounts.js";
 
 export interface LayerPlan {
@@ -27,9 +28,46 @@ async function must(argv: string[], what: string): Promise<void> {
   }
 }
 
-export async function mountLayer(paths: SandboxPaths, plan: LayerPlan): Promise<void> {
+/**
+ * mkfs.ext4 for a writable layer: no journal (ephemeral: a crash discards the layer
+ * anyway), no reserved blocks, exactly the inode cap, no discard of the sparse file.
+ */
+export function ext4FormatArgv(file: string, inodes: number): string[] {
+  return [
+    "mkfs.ext4",
+    "-q",
+    "-F",
+    "-O",
+    "^has_journal",
+    "-m",
+    "0",
+    "-N",
+    String(inodes),
+    "-E",
+    "lazy_itable_init=1,nodiscard",
+    file,
+  ];
+}
+
+/** Where a sandbox's writable layer came from (reported in the create event). */
+export type LayerSource = "tmpfs" | "pool" | "mkfs";
+
+async function mountExt4(paths: SandboxPaths): Promise<void> {
+  // mount -o loop sets autoclear, so unmounting also detaches the loop device.
+  await must(
+    ["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", paths.layerImage, paths.layer],
+    "mounting the disk layer",
+  );
+}
+
+export async function mountLayer(
+  paths: SandboxPaths,
+  plan: LayerPlan,
+  pool: LayerPool | null = null,
+): Promise<LayerSource> {
   await mkdir(paths.layer, { mode: 0o711 });
   await mkdir(paths.rootfs, { mode: 0o711 });
+  let source: LayerSource = plan.kind === "tmpfs" ? "tmpfs" : "mkfs";
   if (plan.kind === "tmpfs") {
     await must(
       [
@@ -44,32 +82,26 @@ export async function mountLayer(paths: SandboxPaths, plan: LayerPlan): Promise<
       "mounting the tmpfs layer",
     );
   } else {
-    // A sparse file: it takes host disk only as the sandbox writes.
-    const fh = await open(paths.layerImage, "wx", 0o600);
-    await fh.truncate(plan.diskBytes);
-    await fh.close();
-    await must(
-      [
-        "mkfs.ext4",
-        "-q",
-        "-F",
-        "-O",
-        "^has_journal", // ephemeral: a crash discards the layer anyway
-        "-m",
-        "0",
-        "-N",
-        String(plan.inodes),
-        "-E",
-        "lazy_itable_init=1,nodiscard",
-        paths.layerImage,
-      ],
-      "formatting the disk layer",
-    );
-    // mount -o loop sets autoclear, so unmounting also detaches the loop device.
-    await must(
-      ["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", paths.layerImage, paths.layer],
-      "mounting the disk layer",
-    );
+    const shape = { diskBytes: plan.diskBytes, inodes: plan.inodes };
+    if (pool && (await pool.claim(shape, paths.layerImage))) {
+      try {
+        await mountExt4(paths);
+        source = "pool";
+      } catch {
+        // A damaged entry (say, from before a power loss): discard it, format afresh.
+        await unmountAllUnder(paths.layer);
+        for (const loop of await loopDevicesUnder(paths.dir)) await detachLoop(loop.name);
+        await rm(paths.layerImage, { force: true });
+      }
+    }
+    if (source === "mkfs") {
+      // A sparse file: it takes host disk only as the sandbox writes.
+      const fh = await open(paths.layerImage, "wx", 0o600);
+      await fh.truncate(plan.diskBytes);
+      await fh.close();
+      await must(ext4FormatArgv(paths.layerImage, plan.inodes), "formatting the disk layer");
+      await mountExt4(paths);
+    }
   }
   const upper = `${paths.layer}/upper`;
   const work = `${paths.layer}/work`;
@@ -89,6 +121,7 @@ export async function mountLayer(paths: SandboxPaths, plan: LayerPlan): Promise<
     ],
     "mounting the sandbox root",
   );
+  return source;
 }
 
 /** Unmount the sandbox's root and layer (and detach the loop device); safe to repeat. */

@@ -2,7 +2,10 @@
  * buildOciSpec: the one pure function that turns a SandboxSpec into runc's config.json.
  * Every line here is a security decision; each says why. Nothing in this file does I/O.
  */
+import { CorralError } from "../../core/errors.js";
+import { hasIoLimits } from "../../core/limits.js";
 import type { SandboxSpec } from "../../core/sandbox.js";
+import { type BlockDevice, type OciBlockIo, planBlockIo } from "./block-io.js";
 import { buildSeccompProfile, type OciSeccomp } from "./seccomp.js";
 
 /** Where the supervisor binary appears inside the sandbox (read-only bind mount). */
@@ -45,6 +48,7 @@ export interface OciConfig {
       memory: { limit: number; swap?: number; disableOOMKiller: false };
       cpu: { quota: number; period: number };
       pids: { limit: number };
+      blockIO?: OciBlockIo;
     };
     seccomp?: OciSeccomp;
     maskedPaths: string[];
@@ -86,6 +90,11 @@ export interface OciSpecInput {
   cgroupsPath: string; // e.g. /corral-<data tag>-<id>: owned by the data directory
   /** Whether the host can limit swap (cgroup v1 needs memsw accounting). */
   swapAccounting: boolean;
+  /**
+   * The block devices that carry the sandbox's I/O (the image's disk, the layer's loop
+   * device), found by the host. Needed only when an I/O limit is set.
+   */
+  blockDevices?: readonly BlockDevice[];
 }
 
 export function buildOciSpec(input: OciSpecInput): OciConfig {
@@ -201,5 +210,18 @@ export function buildOciSpec(input: OciSpecInput): OciConfig {
     config.linux.gidMappings = map.map((m) => ({ ...m }));
   }
   if (!weaken.dropSeccomp) config.linux.seccomp = buildSeccompProfile();
+  // I/O throttles apply per device; an I/O limit with no device to apply it to would be
+  // silently void, so it is refused instead.
+  if (hasIoLimits(limits)) {
+    const blockIO = planBlockIo(limits, input.blockDevices ?? []);
+    if (!blockIO || (input.blockDevices ?? []).length === 0) {
+      throw new CorralError(
+        "prerequisite_missing",
+        "an I/O limit was requested but no block device carrying the sandbox's I/O was found",
+        "run corral doctor (I/O limits)",
+      );
+    }
+    config.linux.resources.blockIO = blockIO;
+  }
   return config;
 }

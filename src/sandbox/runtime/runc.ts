@@ -2,10 +2,9 @@
  * The runc driver: the only code that runs the OCI runtime. Each data directory has its
  * own runc state root (`<data>/runc`), so `gc` sees and removes only its own containers.
  */
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
-import { setTimeout as sleep } from "node:timers/promises";
 import { CorralError } from "../../core/errors.js";
 import { runCommand } from "../../core/proc.js";
 
@@ -20,6 +19,11 @@ export interface Runtime {
   /** Start the container detached; its init gets the listening socket at fd 3. */
   start(args: { id: string; bundle: string; socketPath: string; logPath: string }): Promise<void>;
   kill(id: string): Promise<void>;
+  /**
+   * Stop the container: kill every process in it and wait until they are reaped. The
+   * container still has to be removed.
+   */
+  stop(id: string): Promise<void>;
   remove(id: string): Promise<void>;
   list(): Promise<RuntimeContainer[]>;
 }
@@ -39,6 +43,7 @@ export class RuncRuntime implements Runtime {
 
   /** Each started container's shim (see host-listen in the supervisor), until it exits. */
   private readonly shims = new Map<string, Promise<void>>();
+  private readonly shimProcesses = new Map<string, ChildProcess>();
 
   async start(a: {
     id: string;
@@ -74,7 +79,11 @@ export class RuncRuntime implements Runtime {
       shim.once("error", () => resolve());
     });
     this.shims.set(a.id, gone);
-    void gone.then(() => this.shims.delete(a.id));
+    this.shimProcesses.set(a.id, shim);
+    void gone.then(() => {
+      this.shims.delete(a.id);
+      this.shimProcesses.delete(a.id);
+    });
     let stderr = "";
     shim.stderr.setEncoding("utf8");
     shim.stderr.on("data", (c: string) => {
@@ -133,6 +142,21 @@ export class RuncRuntime implements Runtime {
     await runCommand([...this.base(), "kill", "--all", id, "KILL"]);
   }
 
+  async stop(id: string): Promise<void> {
+    // Our own shim stops it with no runc process and no polling: on SIGTERM it SIGKILLs
+    // the container's init, its child (see shim_on_term), reaps everything and exits.
+    // Node keeps the shim unreaped until its exit event, so its pid is safe to signal.
+    const shim = this.shimProcesses.get(id);
+    const gone = this.shims.get(id);
+    if (shim && gone && shim.exitCode === null && shim.signalCode === null) {
+      shim.kill("SIGTERM");
+      const stopped = await within(gone, 5000);
+      if (stopped) return;
+    }
+    // A container started by another process (gc), or a shim that did not answer.
+    await this.kill(id);
+  }
+
   async remove(id: string): Promise<void> {
     const r = await runCommand([...this.base(), "delete", "--force", id]);
     if (r.code !== 0 && !/does not exist|not exist/i.test(r.stderr)) {
@@ -141,7 +165,7 @@ export class RuncRuntime implements Runtime {
     // Once the container is deleted its init dies; the shim reaps it and exits. Waiting
     // for that means no zombie of the sandbox's uid range outlives remove().
     const shim = this.shims.get(id);
-    if (shim) await Promise.race([shim, sleep(5000)]);
+    if (shim) await within(shim, 5000);
   }
 
   async list(): Promise<RuntimeContainer[]> {
@@ -149,6 +173,22 @@ export class RuncRuntime implements Runtime {
     if (r.code !== 0) return [];
     const parsed = JSON.parse(r.stdout || "null") as RuntimeContainer[] | null;
     return (parsed ?? []).map((c) => ({ id: c.id, status: c.status, pid: c.pid }));
+  }
+}
+
+/**
+ * Whether `p` settles within `ms`. The timer is cleared either way: a pending timer would
+ * keep a finished CLI process alive for the rest of it.
+ */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([p.then(() => true), late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -1796,6 +1796,51 @@ static int run_supervisor(void)
 /* ------------------------------------------------------------ host-listen */
 
 /*
+ * SIGTERM to the shim means "stop the sandbox": SIGKILL every child of ours, which once
+ * runc has returned is the container's init alone (PID 1 of the sandbox's PID namespace,
+ * so the kernel then kills everything else in it). Our children cannot be reaped by
+ * anyone else, so their pids are safe to signal; the caller only has to wait for us to
+ * exit, and `runc delete` then finds a stopped container instead of polling a running
+ * one. Done in the handler itself, with async-signal-safe calls only (open, read, kill),
+ * so a signal that lands just before wait() cannot be missed.
+ */
+static void shim_on_term(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    char path[64] = "/proc/self/task/";
+    size_t n = strlen(path);
+    char digits[16];
+    size_t d = 0;
+    for (pid_t self = getpid(); self > 0 && d < sizeof digits; self /= 10)
+        digits[d++] = (char)('0' + self % 10);
+    while (d > 0 && n < sizeof path - 1)
+        path[n++] = digits[--d];
+    const char *tail = "/children";
+    for (size_t i = 0; tail[i] && n < sizeof path - 1; i++)
+        path[n++] = tail[i];
+    path[n] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        char buf[4096];
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        long pid = 0;
+        for (ssize_t i = 0; i < (len > 0 ? len : 0) + 1; i++) {
+            char c = i < len ? buf[i] : ' ';
+            if (c >= '0' && c <= '9') {
+                pid = pid * 10 + (c - '0');
+            } else {
+                if (pid > 0)
+                    kill((pid_t)pid, SIGKILL);
+                pid = 0;
+            }
+        }
+    }
+    errno = saved;
+}
+
+/*
  * host-listen is the sandbox's shim on the host, like containerd-shim: it binds the
  * listening socket, starts `runc run --detach` with the socket at fd 3, and stays
  * behind as a child subreaper. When runc returns, the container's init has been
@@ -1849,6 +1894,17 @@ static int host_listen(int argc, char **argv)
      * sandbox; the shim must outlive it long enough to reap. */
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
+    /* Blocked until runc has returned: a stop before the container exists is not ours to
+     * carry out (the caller then deletes through runc). exec resets it for runc. */
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigprocmask(SIG_BLOCK, &term, NULL);
+    struct sigaction on_term;
+    memset(&on_term, 0, sizeof on_term);
+    on_term.sa_handler = shim_on_term;
+    sigemptyset(&on_term.sa_mask);
+    sigaction(SIGTERM, &on_term, NULL);
     pid_t runc = fork();
     if (runc < 0) {
         fprintf(stderr, "corral-supervisor: fork: %s\n", strerror(errno));
@@ -1858,6 +1914,8 @@ static int host_listen(int argc, char **argv)
     if (runc == 0) {
         signal(SIGINT, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        sigprocmask(SIG_UNBLOCK, &term, NULL);
         /* dup2 leaves the copy at fd 3 inheritable (the original stays close-on-exec);
          * when the socket already is fd 3, dup2 does nothing, so clear the flag. */
         if (fd == LISTEN_FD ? fcntl(fd, F_SETFD, 0) < 0 : dup2(fd, LISTEN_FD) < 0) {
@@ -1896,6 +1954,8 @@ static int host_listen(int argc, char **argv)
     }
     if (code != 0)
         unlink(path);
+    /* From now on a SIGTERM stops the sandbox (see shim_on_term). */
+    sigprocmask(SIG_UNBLOCK, &term, NULL);
     /* Reap the container's init (and anything else runc left) until none is left. */
     for (;;) {
         pid_t pid = wait(NULL);
