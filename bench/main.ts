@@ -11,12 +11,20 @@ import { collectGarbage } from "../src/sandbox/gc.js";
 import { openHost } from "../src/sandbox/host.js";
 import { loadImageRef } from "../src/sandbox/image-ref.js";
 import { cliBench } from "./benches/cli.js";
+import { densityBench, liveBench, throughputBench, warmBench } from "./benches/sessions.js";
 import { startupBench } from "./benches/startup.js";
 import { type Figure, figureLine, formatTable } from "./lib/figures.js";
 import { type Bench, selectBenches } from "./lib/registry.js";
 
 /** Every benchmark, in the order they run. Add new ones here. */
-const BENCHES: readonly Bench[] = [startupBench, cliBench];
+const BENCHES: readonly Bench[] = [
+  startupBench,
+  cliBench,
+  liveBench,
+  warmBench,
+  densityBench,
+  throughputBench,
+];
 
 const log = (m: string) => process.stderr.write(`${m}\n`);
 

@@ -58,6 +58,7 @@ export async function gatherHostFacts(config: CorralConfig): Promise<HostFacts> 
     const e = asCorralError(err);
     image = { ok: false, message: e.message, hint: e.hint ?? "corral image build" };
   }
+  const warmPools = await readWarmPools(config.dataDir);
   const poolDir = path.join(config.dataDir, "pool");
   const poolNames = await readdir(poolDir).catch(() => [] as string[]);
   return {
@@ -97,7 +98,44 @@ export async function gatherHostFacts(config: CorralConfig): Promise<HostFacts> 
         .length,
       dir: poolDir,
     },
+    warmPools,
   };
+}
+
+/** The warm pools' state files, each with whether its process still runs. */
+async function readWarmPools(dataDir: string): Promise<HostFacts["warmPools"]> {
+  const dir = path.join(dataDir, "warm-pool");
+  const out: HostFacts["warmPools"] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    try {
+      const st = JSON.parse(await readFile(path.join(dir, name), "utf8")) as Record<
+        string,
+        unknown
+      >;
+      const pid = Number(st.pid);
+      let alive = false;
+      try {
+        process.kill(pid, 0);
+        alive = true;
+      } catch {
+        alive = false;
+      }
+      out.push({
+        key: String(st.key),
+        pid,
+        alive,
+        size: Number(st.size),
+        ready: Number(st.ready),
+        handedOut: Number(st.handedOut),
+        misses: Number(st.misses),
+        failures: Number(st.failures),
+        lastError: typeof st.lastError === "string" ? st.lastError : null,
+      });
+    } catch {
+      // a file being written, or not ours: skip
+    }
+  }
+  return out;
 }
 
 /**

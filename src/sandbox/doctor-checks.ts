@@ -51,6 +51,18 @@ export interface HostFacts {
     ready: number;
     dir: string;
   };
+  /** Warm pools of live processes on this data directory (their state files). */
+  warmPools: {
+    key: string;
+    pid: number;
+    alive: boolean;
+    size: number;
+    ready: number;
+    handedOut: number;
+    misses: number;
+    failures: number;
+    lastError: string | null;
+  }[];
 }
 
 const REQUIRED_CONTROLLERS: Record<1 | 2, string[]> = {
@@ -190,6 +202,26 @@ export function decideHostLines(f: HostFacts): DoctorLine[] {
       "layer pool",
       `${f.pool.ready} of ${f.pool.perShape * f.pool.shapes.length} ready (${shapes}) in ${f.pool.dir}; refilled in the background, each entry used once`,
       "see disk limit",
+    );
+  }
+
+  // The warm pool lives in the process that serves sessions (the library, later the
+  // server): doctor reads the state files those processes keep.
+  const livePools = f.warmPools.filter((p) => p.alive);
+  if (livePools.length === 0) {
+    add(
+      "ok",
+      "warm pool",
+      "none running on this data directory: sessions start cold (a kernel starts on first use)",
+    );
+  }
+  for (const p of livePools) {
+    const failing = p.failures > 0 && p.ready === 0;
+    add(
+      failing ? "degraded" : "ok",
+      `warm pool ${p.key}`,
+      `${p.ready} of ${p.size} ready (pid ${p.pid}); ${p.handedOut} handed out, ${p.misses} misses${p.failures > 0 ? `, ${p.failures} failed creations (last: ${p.lastError ?? "?"})` : ""}`,
+      "see the lines above for what keeps sandboxes from starting",
     );
   }
 

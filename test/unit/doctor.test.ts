@@ -125,6 +125,7 @@ const facts: HostFacts = {
     ready: 2,
     dir: "/var/lib/corral/pool",
   },
+  warmPools: [],
 };
 
 const line = (f: HostFacts, name: string) => decideHostLines(f).find((l) => l.name === name);
@@ -158,6 +159,7 @@ describe("decideHostLines", () => {
       "I/O limits",
       "image cache",
       "layer pool",
+      "warm pool",
       "rlimits",
       "debootstrap",
       "network",
@@ -306,5 +308,37 @@ describe("decideHostLines", () => {
         ?.detail,
     ).toMatch(/^tmpfs for the default 1 GiB disk/);
     expect(line(facts, "layer pool")?.detail).toMatch(/^2 of 2 ready \(1 GiB\/100000 inodes\)/);
+  });
+
+  it("shows the warm pools of live processes, and says when there are none", () => {
+    expect(line(facts, "warm pool")?.detail).toMatch(/^none running/);
+    const pool = {
+      key: "abc",
+      pid: 42,
+      alive: true,
+      size: 4,
+      ready: 3,
+      handedOut: 7,
+      misses: 1,
+      failures: 0,
+      lastError: null,
+    };
+    const withPool = { ...facts, warmPools: [pool, { ...pool, key: "dead", alive: false }] };
+    const lines = decideHostLines(withPool).filter((l) => l.name.startsWith("warm pool"));
+    expect(lines).toEqual([
+      {
+        status: "ok",
+        name: "warm pool abc",
+        detail: "3 of 4 ready (pid 42); 7 handed out, 1 misses",
+      },
+    ]);
+    const failing = {
+      ...facts,
+      warmPools: [{ ...pool, ready: 0, failures: 3, lastError: "boom" }],
+    };
+    expect(line(failing, "warm pool abc")).toMatchObject({
+      status: "degraded",
+      detail: expect.stringMatching(/3 failed creations \(last: boom\)/),
+    });
   });
 });
