@@ -1,7 +1,7 @@
 /**
  * Corral as a library: the entry points that the server, the SDK and the MCP server wrap.
  *
- *   const sbx = await createSandbox({ limits: { memory: "1g" }, idleTtl: 120_000 });
+ *   const sbx = await createSandbox({ limits: { mem: "1g" }, idleTtl: 120_000 });
  *   const r = await sbx.runCode("x = 41\nx + 1");        // r.results[0].data["text/plain"] === "42"
  *   await sbx.runCode("cd /tmp; export A=1", { language: "shell" });
  *   await sbx.commands.run("ls -l");
