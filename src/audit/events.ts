@@ -13,6 +13,13 @@ export type EventKind =
   | "exec"
   | "session.end"
   | "files.out"
+  | "file.read"
+  | "file.write"
+  | "file.list"
+  | "file.stat"
+  | "file.mkdir"
+  | "file.remove"
+  | "file.rename"
   | "gc.remove"
   | "image.build"
   | "image.remove";

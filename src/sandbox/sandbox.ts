@@ -265,6 +265,11 @@ export class Sandbox {
     return this.requireClient().startContext(opts);
   }
 
+  /** The supervisor channel, for the file API of a live sandbox (files.ts). */
+  fileClient(): SupervisorClient {
+    return this.requireClient();
+  }
+
   /** Whether the sandbox still runs (its supervisor has not been lost or stopped). */
   get running(): boolean {
     return !this.stopped && this.client !== null;

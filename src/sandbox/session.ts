@@ -9,10 +9,12 @@
  * contexts (stateful kernels under the supervisor's keepers) on top of it.
  */
 import { asCorralError, CorralError } from "../core/errors.js";
+import { parseMaxFileBytes } from "../core/files.js";
 import type { Limits } from "../core/limits.js";
 import type { ImageRef } from "../core/sandbox.js";
 import { type ContextLanguage, parseContextLanguage } from "../kernels/kernels.js";
 import { CodeContext, type ContextInfo, type Execution, type RunOptions } from "./context.js";
+import { SessionFiles } from "./files.js";
 import type { Host } from "./host.js";
 import { type StreamResult, streamResult } from "./run-code.js";
 import { SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
@@ -36,6 +38,8 @@ export interface SessionOptions {
   idleTtlMs?: number;
   /** Where code runs (default /work); it must exist in the image. */
   workdir?: string;
+  /** The file API's size cap per file, read or written (default 100 MiB). */
+  maxFileBytes?: number;
   /** Called once the session has ended and its sandbox is gone. */
   onEnd?: (reason: SessionEndReason) => void;
 }
@@ -94,6 +98,7 @@ export class Session {
   private readonly contexts = new Map<string, CodeContext>();
   private readonly defaults = new Map<ContextLanguage, CodeContext>();
   private activeCommands = 0;
+  private activeFileOps = 0;
   private idleTimer: NodeJS.Timeout | null = null;
   private deadlineTimer: NodeJS.Timeout | null = null;
   private deadline: number | null = null;
@@ -102,6 +107,8 @@ export class Session {
   readonly commands: {
     run: (cmd: string | string[], opts?: CommandOptions) => Promise<CommandResult>;
   };
+  /** The sandbox's files, read and written from inside it by its supervisor (files.ts). */
+  readonly files: SessionFiles;
 
   private constructor(
     readonly host: Host,
@@ -113,10 +120,38 @@ export class Session {
     this.metadata = { ...(options.metadata ?? {}) };
     this.workdir = options.workdir ?? DEFAULT_WORKDIR;
     this.commands = { run: (cmd, opts) => this.runCommand(cmd, opts ?? {}) };
+    this.files = new SessionFiles({
+      client: () => {
+        this.requireLive();
+        return this.sandbox.fileClient();
+      },
+      workdir: this.workdir,
+      maxFileBytes: parseMaxFileBytes(options.maxFileBytes),
+      record: (kind, details, outcome) =>
+        this.host.events.emit({
+          principal: this.host.config.principal,
+          sandbox: this.id,
+          kind,
+          details,
+          outcome,
+        }),
+      activity: () => {
+        this.activeFileOps++;
+        this.pauseIdle();
+        let done = false;
+        return () => {
+          if (done) return;
+          done = true;
+          this.activeFileOps--;
+          this.touch();
+        };
+      },
+    });
   }
 
   static async create(host: Host, options: SessionOptions): Promise<Session> {
     const envs = checkEnvs(options.envs, "envs");
+    parseMaxFileBytes(options.maxFileBytes);
     const workdir = options.workdir ?? DEFAULT_WORKDIR;
     if (!workdir.startsWith("/")) {
       throw new CorralError(
@@ -354,7 +389,7 @@ export class Session {
   }
 
   private busy(): boolean {
-    if (this.activeCommands > 0) return true;
+    if (this.activeCommands > 0 || this.activeFileOps > 0) return true;
     for (const c of this.contexts.values()) if (c.pending > 0) return true;
     return false;
   }

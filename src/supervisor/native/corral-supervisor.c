@@ -2102,9 +2102,19 @@ static void handle_file_read(uint32_t channel, const unsigned char *p, uint32_t 
     if (!file_channel_ok(channel, "FILE_READ") || !take_path(channel, p + 12, len - 12, path))
         return;
     int fd = resolve_in_root(path, O_RDONLY | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0 && errno == ENXIO && (fd = resolve_in_root(path, O_PATH)) >= 0) {
+        /* A socket cannot be opened for reading at all: say what it is. */
+        int ok = fstat(fd, &st) == 0;
+        close(fd);
+        if (ok)
+            return send_error(channel, EINVAL, "read %s: %s, not a regular file (refused)", path,
+                              type_name(st.st_mode));
+        errno = ENXIO;
+        fd = -1;
+    }
     if (fd < 0)
         return send_path_error(channel, errno, "read", path);
-    struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
         close(fd);
