@@ -10,12 +10,28 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { constants } from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CorralError } from "../../src/core/errors.js";
 import { DEFAULT_LIMITS, type Limits, MiB } from "../../src/core/limits.js";
+import { Sandbox } from "../../src/sandbox/sandbox.js";
 import { Session, type SessionOptions } from "../../src/sandbox/session.js";
+import {
+  decodeError,
+  decodeFileDone,
+  Ev,
+  encodeFileList,
+  encodeFileRead,
+  encodeFileStat,
+  encodeFrame,
+  type Frame,
+  FrameDecoder,
+  Req,
+  u32,
+} from "../../src/supervisor/protocol.js";
 import { type TestEnv, testEnv } from "../helpers/sandbox.js";
 
 let env: TestEnv;
@@ -652,5 +668,137 @@ describe("files: user code cannot reach the supervisor that serves them", () => 
     );
     expect(r.exitCode).toBe(7);
     expect(await s.files.read("/etc/hostname")).toBe("sandbox\n");
+  });
+});
+
+/** A raw connection to a supervisor: frames out as given, frames in as they come. */
+async function rawConnection(socketPath: string) {
+  const sock = await new Promise<net.Socket>((resolve, reject) => {
+    const c = net.createConnection(socketPath, () => resolve(c));
+    c.once("error", reject);
+  });
+  const decoder = new FrameDecoder();
+  const frames: Frame[] = [];
+  let wake: (() => void) | null = null;
+  let closed = false;
+  sock.on("data", (d: Buffer) => {
+    frames.push(...decoder.push(d));
+    wake?.();
+  });
+  sock.on("close", () => {
+    closed = true;
+    wake?.();
+  });
+  return {
+    send: (type: number, channel: number, payload?: Buffer) =>
+      sock.write(encodeFrame(type, channel, payload)),
+    sendRaw: (bytes: Buffer) => sock.write(bytes),
+    /** The frames on `channel` up to one of type `until` (or ERROR). */
+    async until(channel: number, until: number): Promise<Frame[]> {
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        const end = frames.findIndex(
+          (f) => f.channel === channel && (f.type === until || f.type === Ev.ERROR),
+        );
+        if (end >= 0) {
+          const mine = frames.filter((f, i) => i <= end && f.channel === channel);
+          for (let i = frames.length - 1; i >= 0; i--)
+            if (i <= end && frames[i]!.channel === channel) frames.splice(i, 1);
+          return mine;
+        }
+        if (closed || Date.now() > deadline) throw new Error(`no answer on channel ${channel}`);
+        await new Promise<void>((r) => {
+          wake = r;
+          setTimeout(r, 100);
+        });
+      }
+    },
+    closed: () =>
+      new Promise<boolean>((resolve) => {
+        if (closed) return resolve(true);
+        sock.once("close", () => resolve(true));
+        setTimeout(() => resolve(closed), 3000);
+      }),
+    close: () => sock.destroy(),
+  };
+}
+
+describe("files: the supervisor's side of the protocol", () => {
+  it("confines paths the host did not normalise, refuses malformed requests, survives", async () => {
+    const sb = await Sandbox.create(env.host, { image: env.image, limits: { ...DEFAULT_LIMITS } });
+    try {
+      // A new connection takes the sandbox over from its client.
+      const c = await rawConnection(sb.paths.socket);
+      const err = (frames: Frame[]) => {
+        const last = frames.at(-1)!;
+        expect(last.type).toBe(Ev.ERROR);
+        return decodeError(last.payload);
+      };
+      // ".." and absolute symlinks stay inside, whatever the host sends.
+      c.send(Req.FILE_READ, 1, encodeFileRead("/tmp/../../../../etc/hostname", 1 << 20, 1 << 20));
+      const read = await c.until(1, Ev.FILE_DONE);
+      expect(read.map((f) => f.type)).toEqual([Ev.FILE_INFO, Ev.FILE_DATA, Ev.FILE_DONE]);
+      expect(read[1]!.payload.toString()).toBe("sandbox\n");
+      expect(decodeFileDone(read[2]!.payload)).toBe(8);
+      c.send(Req.FILE_READ, 2, encodeFileRead("/work/../proc/self/environ", 1 << 20, 1 << 20));
+      expect(err(await c.until(2, Ev.FILE_DONE)).errno).toBe(constants.errno.EXDEV);
+      // Well-formed frames with invalid contents: an ERROR each, the connection stays.
+      const cases: [number, number, Buffer, number, RegExp][] = [
+        [
+          Req.FILE_STAT,
+          3,
+          Buffer.concat([u32(2), Buffer.from("/x")]),
+          constants.errno.EINVAL,
+          /flags/,
+        ],
+        [
+          Req.FILE_STAT,
+          4,
+          Buffer.concat([u32(0), Buffer.from("rel")]),
+          constants.errno.EINVAL,
+          /absolute/,
+        ],
+        [
+          Req.FILE_STAT,
+          5,
+          Buffer.concat([u32(0), Buffer.from("/a\0b")]),
+          constants.errno.EINVAL,
+          /invalid path/,
+        ],
+        [
+          Req.FILE_STAT,
+          6,
+          Buffer.concat([u32(0), Buffer.alloc(4096, 0x61)]),
+          constants.errno.EINVAL,
+          /invalid path/,
+        ],
+        [Req.FILE_LIST, 7, encodeFileList("/", 0), constants.errno.EINVAL, /depth/],
+        [Req.FILE_STAT, 0, encodeFileStat("/", false), constants.errno.EINVAL, /non-zero channel/],
+        [0x3f, 8, Buffer.alloc(0), constants.errno.EINVAL, /unknown request type 0x3f/],
+      ];
+      for (const [type, channel, payload, errno, message] of cases) {
+        c.send(type, channel, payload);
+        const e = err(await c.until(channel, Ev.FILE_INFO));
+        expect([channel, e.errno]).toEqual([channel, errno]);
+        expect(e.message).toMatch(message);
+      }
+      // Data for a write that never began, credit for a read that ended: dropped silently.
+      c.send(Req.FILE_CHUNK, 9, Buffer.from("stray"));
+      c.send(Req.FILE_CREDIT, 1, u32(100));
+      c.send(Req.FILE_STAT, 10, encodeFileStat("/etc", false));
+      expect((await c.until(10, Ev.FILE_INFO)).map((f) => f.type)).toEqual([Ev.FILE_INFO]);
+      // A payload shorter than its fixed fields is malformed: the connection is closed.
+      c.send(Req.FILE_READ, 11, Buffer.alloc(5));
+      expect(await c.closed()).toBe(true);
+      // The supervisor lives on and serves the next connection.
+      const again = await rawConnection(sb.paths.socket);
+      again.send(Req.HELLO, 0, u32(1));
+      expect((await again.until(0, Ev.HELLO_OK))[0]!.type).toBe(Ev.HELLO_OK);
+      again.send(Req.FILE_STAT, 1, encodeFileStat("/work", false));
+      expect((await again.until(1, Ev.FILE_INFO))[0]!.type).toBe(Ev.FILE_INFO);
+      again.close();
+    } finally {
+      await sb.destroy();
+    }
   });
 });
