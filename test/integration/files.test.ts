@@ -595,6 +595,34 @@ describe("files: flow control and cancellation", () => {
     expect(many).toHaveLength(200);
   });
 
+  it("a recursive remove of a large tree runs beside the loop, not in it", async () => {
+    await sh(
+      "mkdir -p /work/huge/a /work/huge/b && cd /work/huge && for i in $(seq 1 10000); do :> a/f$i; :> b/g$i; done",
+    );
+    const client = s.sandbox.fileClient();
+    let removing = true;
+    const waits: number[] = [];
+    const probe = (async () => {
+      while (removing) {
+        const t = performance.now();
+        await client.fileStat("/work", false);
+        waits.push(performance.now() - t);
+      }
+    })();
+    const t0 = performance.now();
+    await s.files.remove("/work/huge", { recursive: true });
+    const took = performance.now() - t0;
+    removing = false;
+    await probe;
+    expect(await s.files.exists("/work/huge")).toBe(false);
+    // Done in the loop, one stat would have waited for the whole removal.
+    expect(waits.length).toBeGreaterThan(10);
+    expect(Math.max(...waits)).toBeLessThan(took / 2);
+    const last = env.host.events.list({ sandbox: s.id, limit: 2 })[0]!;
+    expect(last).toMatchObject({ kind: "file.remove", outcome: "ok" });
+    expect(last.details.entries).toBe(20_003);
+  });
+
   it("a failed upload source cancels the write and leaves nothing", async () => {
     async function* broken() {
       yield Buffer.alloc(100_000);

@@ -1651,8 +1651,9 @@ static void handle_ctx_stop(uint32_t channel, uint32_t len)
  * never sees a half-written file.
  *
  * These run in the event loop; they are bounded (a read or write moves one chunk per
- * frame, a listing stops at MAX_LIST_ENTRIES, a walk at MAX_WALK_DEPTH levels) and touch
- * only the sandbox's own local filesystem, which holds no FUSE or network mount.
+ * frame, a listing stops at MAX_LIST_ENTRIES) and touch only the sandbox's own local
+ * filesystem, which holds no FUSE or network mount. A recursive remove, which may take
+ * long, runs in a child (remove_in_child).
  */
 #define MAX_FILE_OPS 128
 #define FILE_CHUNK ((size_t)256 << 10)  /* largest FILE_DATA payload we send */
@@ -1662,7 +1663,7 @@ static void handle_ctx_stop(uint32_t channel, uint32_t len)
 #define MAX_SYMLINK_HOPS 40             /* as the kernel's own limit */
 #define ENTRY_HEAD 33
 
-enum { FOP_READ = 1, FOP_WRITE = 2 };
+enum { FOP_READ = 1, FOP_WRITE = 2, FOP_REMOVE = 3 };
 enum { FT_OTHER = 0, FT_FILE = 1, FT_DIR = 2, FT_SYMLINK = 3 };
 /* Request flags. */
 #define FSTAT_FOLLOW 1u
@@ -1672,12 +1673,12 @@ enum { FT_OTHER = 0, FT_FILE = 1, FT_DIR = 2, FT_SYMLINK = 3 };
 #define FREMOVE_RECURSIVE 1u
 #define FRENAME_NOREPLACE 1u
 
-/* A read streaming to the host, or a write streaming from it. */
+/* A read streaming to the host, a write streaming from it, or a recursive remove. */
 struct fileop {
     int used;
     int kind;
     uint32_t channel;
-    int fd;                 /* the file read, or the temporary file written */
+    int fd;                 /* the file read, the temporary file written, or the remover's pipe */
     int dir_fd;             /* write: the target's directory (O_PATH) */
     uint64_t done;          /* bytes sent or written so far */
     uint64_t max;           /* the size cap */
@@ -1685,6 +1686,7 @@ struct fileop {
     mode_t mode;            /* write: the final file's mode */
     char tmp[64];           /* write: the temporary file's name in dir_fd */
     char name[NAME_MAX + 1]; /* write: the final name in dir_fd */
+    char path[PATH_MAX];    /* remove: the path, for the answer */
 };
 
 static struct fileop fileops[MAX_FILE_OPS];
@@ -2424,6 +2426,72 @@ static int remove_tree(int dir_fd, const char *name, int level, uint64_t *count)
     return 0;
 }
 
+static void send_remove_result(uint32_t channel, const char *path, int e, uint64_t count)
+{
+    if (e == ENOTEMPTY || e == EEXIST)
+        return send_error(channel, ENOTEMPTY, "remove %s: directory not empty (remove it recursively)",
+                          path);
+    if (e)
+        return send_path_error(channel, e, "remove", path);
+    send_file_done(channel, count);
+}
+
+/*
+ * A recursive remove of a large tree takes a while (about 14 ms per 1,000 entries), so
+ * it runs in a child, whose root and credentials are ours, while the loop goes on; the
+ * child reports u32 errno and u64 count on a pipe, which the loop polls (finish_remove).
+ * Returns 0 when the child took over, -1 when no process could be made (the sandbox's
+ * pids limit): then the caller removes the tree itself.
+ */
+static int remove_in_child(uint32_t channel, int dir_fd, const char *name, const char *path)
+{
+    struct fileop *op = new_fileop(channel, FOP_REMOVE);
+    if (!op)
+        return 0; /* EAGAIN was sent */
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        free_fileop(op);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint64_t count = 0;
+        int e = remove_tree(dir_fd, name, 0, &count);
+        unsigned char msg[12];
+        put_u32(msg, (uint32_t)e);
+        put_u64(msg + 4, count);
+        ssize_t ignored = write(pfd[1], msg, sizeof msg);
+        (void)ignored;
+        _exit(0);
+    }
+    close(pfd[1]);
+    if (pid < 0) {
+        close(pfd[0]);
+        free_fileop(op);
+        return -1;
+    }
+    fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+    op->fd = pfd[0];
+    snprintf(op->path, sizeof op->path, "%s", path);
+    return 0; /* the child is reaped like any orphan */
+}
+
+/* The remover's pipe is readable: its result, or EOF if it died (KILL_ALL). */
+static void finish_remove(struct fileop *op)
+{
+    unsigned char msg[12];
+    ssize_t n = read(op->fd, msg, sizeof msg);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    int e = n == (ssize_t)sizeof msg ? (int)get_u32(msg) : EIO;
+    uint64_t count = n == (ssize_t)sizeof msg ? get_u64(msg + 4) : 0;
+    uint32_t channel = op->channel;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", op->path);
+    free_fileop(op);
+    send_remove_result(channel, path, e, count);
+}
+
 /* FILE_REMOVE: u32 flags (RECURSIVE), path -> FILE_DONE (entries removed). A symlink is
  * removed itself, not what it points to. */
 static void handle_file_remove(uint32_t channel, const unsigned char *p, uint32_t len)
@@ -2443,28 +2511,27 @@ static void handle_file_remove(uint32_t channel, const unsigned char *p, uint32_
     if (dir_fd < 0)
         return send_path_error(channel, errno, "remove", path);
     uint64_t count = 0;
-    if (flags & FREMOVE_RECURSIVE) {
-        e = remove_tree(dir_fd, name, 0, &count);
-    } else if (unlinkat(dir_fd, name, 0) == 0) {
+    if (unlinkat(dir_fd, name, 0) == 0) {
         count = 1;
-    } else {
-        /* unlink of a directory fails with EISDIR (EPERM on some filesystems): rmdir it. */
-        e = errno;
-        if (e == EISDIR || e == EPERM) {
-            if (unlinkat(dir_fd, name, AT_REMOVEDIR) == 0) {
-                e = 0;
-                count = 1;
-            } else if (errno != ENOTDIR) {
-                e = errno;
+    } else if ((e = errno) == EISDIR || e == EPERM) {
+        /* unlink of a directory fails with EISDIR (EPERM on some filesystems): rmdir it,
+         * or, when it is not empty and that was asked for, everything below it first. */
+        if (unlinkat(dir_fd, name, AT_REMOVEDIR) == 0) {
+            e = 0;
+            count = 1;
+        } else if (errno != ENOTDIR) {
+            e = errno;
+            if ((e == ENOTEMPTY || e == EEXIST) && (flags & FREMOVE_RECURSIVE) &&
+                remove_in_child(channel, dir_fd, name, path) == 0) {
+                close(dir_fd);
+                return;
             }
+            if ((e == ENOTEMPTY || e == EEXIST) && (flags & FREMOVE_RECURSIVE))
+                e = remove_tree(dir_fd, name, 0, &count);
         }
     }
     close(dir_fd);
-    if (e == ENOTEMPTY || e == EEXIST)
-        return send_error(channel, ENOTEMPTY, "remove %s: directory not empty (remove it recursively)", path);
-    if (e)
-        return send_path_error(channel, e, "remove", path);
-    send_file_done(channel, count);
+    send_remove_result(channel, path, e, count);
 }
 
 /* FILE_RENAME: u32 flags (NOREPLACE), u16 source length, source, destination -> FILE_DONE. */
@@ -2612,7 +2679,7 @@ static void read_from_host(void)
 
 /* ------------------------------------------------------------- main loop */
 
-enum { PF_OUT, PF_ERR, PF_IN, PF_EVT };
+enum { PF_OUT, PF_ERR, PF_IN, PF_EVT, PF_REMOVER };
 
 /* Which process and stream each polled descriptor belongs to. */
 struct poll_meta {
@@ -2621,8 +2688,8 @@ struct poll_meta {
 
 static void event_loop(void)
 {
-    static struct pollfd pf[3 + 4 * MAX_PROCS];
-    static struct poll_meta meta[4 * MAX_PROCS];
+    static struct pollfd pf[3 + 4 * MAX_PROCS + MAX_FILE_OPS];
+    static struct poll_meta meta[4 * MAX_PROCS + MAX_FILE_OPS];
     for (;;) {
         finish_reaped();
         enforce_timeouts();
@@ -2654,6 +2721,12 @@ static void event_loop(void)
                 pf[n++] = (struct pollfd){ .fd = fds[k], .events = k == PF_IN ? POLLOUT : POLLIN };
             }
         }
+        for (int i = 0; i < MAX_FILE_OPS; i++) {
+            if (fileops[i].used && fileops[i].kind == FOP_REMOVE) {
+                meta[m++] = (struct poll_meta){ i, PF_REMOVER, fileops[i].fd };
+                pf[n++] = (struct pollfd){ .fd = fileops[i].fd, .events = POLLIN };
+            }
+        }
 
         int ready = poll(pf, (nfds_t)n, next_timeout_ms());
         if (ready < 0)
@@ -2665,6 +2738,12 @@ static void event_loop(void)
         for (int j = 0; j < m; j++) {
             if (!pf[3 + j].revents)
                 continue;
+            if (meta[j].kind == PF_REMOVER) {
+                struct fileop *op = &fileops[meta[j].slot];
+                if (op->used && op->kind == FOP_REMOVE && op->fd == meta[j].fd)
+                    finish_remove(op);
+                continue;
+            }
             struct proc *p = &procs[meta[j].slot];
             /* The fd may have been closed since poll (EPIPE, a write to the host that
              * failed...): act only if it is still the same descriptor. */
