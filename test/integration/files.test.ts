@@ -370,6 +370,15 @@ describe("files: the hostile cases", () => {
     for (const p of ["/proc/1/x", "/dev/shm/g", "/sys/x"]) {
       expect((await failure(s.files.write(p, "x"))).code).toBe("permission_denied");
     }
+    // A symlink loop is refused the same way (ELOOP), for reads and writes alike.
+    await sh("ln -sfn /tmp/loop-b /tmp/loop-a && ln -sfn /tmp/loop-a /tmp/loop-b");
+    for (const op of [s.files.read("/tmp/loop-a"), s.files.write("/tmp/loop-a", "x")]) {
+      const e = await failure(op);
+      expect([e.code, e.message]).toEqual([
+        "permission_denied",
+        e.message.replace(/:.*/, ": too many symlinks, or a /proc magic link (not followed)"),
+      ]);
+    }
     expect((await failure(s.files.list("/proc"))).code).toBe("permission_denied");
     expect((await failure(s.files.stat("/dev/zero"))).code).toBe("permission_denied");
     expect(await sh("cat /dev/shm/f; ls /sys/x 2>&1 | wc -l")).toBe("shm\n1\n");
