@@ -16,6 +16,14 @@ import { Session } from "./sandbox/session.js";
 export { CorralError } from "./core/errors.js";
 export type { ExecEvent, Execution, RichResult } from "./sandbox/context.js";
 export type {
+  EntryInfo,
+  FileType,
+  SessionFiles,
+  WriteData,
+  WriteInfo,
+  WriteOptions,
+} from "./sandbox/files.js";
+export type {
   CommandOptions,
   CommandResult,
   RunCodeOptions,
@@ -36,6 +44,8 @@ export interface CreateSandboxOptions extends ConfigFlags {
   idleTtl?: number;
   /** Where code and commands run (default /work); it must exist. */
   workdir?: string;
+  /** The file API's size cap per file (default 100 MiB). */
+  maxFileBytes?: number;
 }
 
 /** Create a live sandbox with stateful code contexts; `destroy()` ends it. */
@@ -53,6 +63,7 @@ export async function createSandbox(options: CreateSandboxOptions = {}): Promise
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
       ...(options.idleTtl !== undefined ? { idleTtlMs: options.idleTtl } : {}),
       ...(options.workdir !== undefined ? { workdir: options.workdir } : {}),
+      ...(options.maxFileBytes !== undefined ? { maxFileBytes: options.maxFileBytes } : {}),
       onEnd: () => host.close(),
     });
   } catch (err) {

@@ -14,6 +14,13 @@ export type EventKind =
   | "session.end"
   | "files.out"
   | "files.changed"
+  | "file.read"
+  | "file.write"
+  | "file.list"
+  | "file.stat"
+  | "file.mkdir"
+  | "file.remove"
+  | "file.rename"
   | "gc.remove"
   | "image.build"
   | "image.remove";

@@ -13,6 +13,9 @@ export type ErrorCode =
   | "supervisor_failed" // the in-sandbox supervisor broke the protocol or vanished
   | "build_failed" // an image build failed
   | "busy" // a resource is held by someone else
+  | "permission_denied" // refused by the sandbox's confinement or permissions (a path in /proc)
+  | "too_large" // over a size cap (a file larger than the file API's maxFileBytes)
+  | "not_enough_space" // the sandbox's disk or inode limit is reached
   | "internal"; // a bug: should never happen
 
 export class CorralError extends Error {

@@ -35,7 +35,7 @@ import {
   removeCgroupDir,
 } from "./runtime/cgroups.js";
 import { type LayerSource, mountLayer, unmountLayer } from "./runtime/layer.js";
-import { buildOciSpec, type OciConfig } from "./runtime/oci-spec.js";
+import { buildOciSpec, type OciConfig, SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { decideSelfCheck, NAMESPACES, type SelfCheckDecision } from "./self-check.js";
 
 export function newSandboxId(): string {
@@ -391,7 +391,19 @@ export class Sandbox {
 
   /** Start a long-lived kernel under its own keeper (see ContextChannel). */
   startContext(opts: ContextStartOptions): ContextChannel {
+    this.userCodeStarted = true;
     return this.requireClient().startContext(opts);
+  }
+
+  /**
+   * Whether anything of the user's has run: from then on the root may hold links that the
+   * user planted, and only the confined file API (files.ts) may write into it.
+   */
+  private userCodeStarted = false;
+
+  /** The supervisor channel, for the file API of a live sandbox (files.ts). */
+  fileClient(): SupervisorClient {
+    return this.requireClient();
   }
 
   /** Whether the sandbox still runs (its supervisor has not been lost or stopped). */
@@ -399,7 +411,19 @@ export class Sandbox {
     return !this.stopped && this.client !== null;
   }
 
+  /**
+   * Put a file in place before any user code runs (the one-shot path's code file and
+   * inputs). The supervisor's WRITE_FILE refuses a symlink only in the last component,
+   * which is safe only while nothing of the user's has run; after that, writes go through
+   * the confined file API.
+   */
   async writeFile(file: string, data: Buffer | string, mode = 0o644): Promise<void> {
+    if (this.userCodeStarted) {
+      throw new CorralError(
+        "internal",
+        "Sandbox.writeFile after user code started: use the session's file API",
+      );
+    }
     await this.requireClient().writeFile(
       file,
       typeof data === "string" ? Buffer.from(data) : data,
@@ -418,6 +442,8 @@ export class Sandbox {
    */
   start(req: ExecRequest & { stdinPipe?: boolean }): RunningProcess {
     const client = this.requireClient();
+    // The supervisor's own binary (the workdir check) is not user code.
+    if (req.argv[0] !== SUPERVISOR_PATH_IN_SANDBOX) this.userCodeStarted = true;
     const stdout = new CappedOutput(req.outputCapBytes);
     const stderr = new CappedOutput(req.outputCapBytes);
     const before = this.cgroup.usageNow();

@@ -11,6 +11,7 @@
 import { createHash } from "node:crypto";
 import type { Outcome } from "../audit/events.js";
 import { asCorralError, CorralError } from "../core/errors.js";
+import { parseMaxFileBytes } from "../core/files.js";
 import type { Limits } from "../core/limits.js";
 import type { ImageRef } from "../core/sandbox.js";
 import { type ContextLanguage, parseContextLanguage } from "../kernels/kernels.js";
@@ -29,6 +30,7 @@ import {
   type RunOptions,
 } from "./context.js";
 import { type ChangeWindow, FileChangeTracker } from "./file-changes.js";
+import { SessionFiles } from "./files.js";
 import type { Host } from "./host.js";
 import { SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { Sandbox } from "./sandbox.js";
@@ -65,6 +67,8 @@ export interface SessionOptions {
   idleTtlMs?: number;
   /** Where code runs (default /work); it must exist in the image. */
   workdir?: string;
+  /** The file API's size cap per file, read or written (default 100 MiB). */
+  maxFileBytes?: number;
   /** Called once the session has ended and its sandbox is gone. */
   onEnd?: (reason: SessionEndReason) => void;
   /** Made for a warm pool: its timers start at `adopt`. */
@@ -134,6 +138,7 @@ export class Session {
   private readonly defaults = new Map<ContextLanguage, CodeContext>();
   private readonly commandsRunning = new Set<TrackedCommand>();
   private readonly changes: FileChangeTracker;
+  private activeFileOps = 0;
   private idleTimer: NodeJS.Timeout | null = null;
   private deadlineTimer: NodeJS.Timeout | null = null;
   private deadline: number | null = null;
@@ -152,6 +157,8 @@ export class Session {
     connect: (pid: number, opts?: Pick<CommandOptions, "onStdout" | "onStderr">) => CommandHandle;
     sendStdin: (pid: number, data: string | Buffer) => void;
   };
+  /** The sandbox's files, read and written from inside it by its supervisor (files.ts). */
+  readonly files: SessionFiles;
 
   private constructor(
     readonly host: Host,
@@ -191,10 +198,38 @@ export class Session {
       connect: (pid, opts) => this.connectCommand(pid, opts),
       sendStdin: (pid, data) => this.connectCommand(pid).sendStdin(data),
     };
+    this.files = new SessionFiles({
+      client: () => {
+        this.requireLive();
+        return this.sandbox.fileClient();
+      },
+      workdir: this.workdir,
+      maxFileBytes: parseMaxFileBytes(options.maxFileBytes),
+      record: (kind, details, outcome) =>
+        this.host.events.emit({
+          principal: this.host.config.principal,
+          sandbox: this.id,
+          kind,
+          details,
+          outcome,
+        }),
+      activity: () => {
+        this.activeFileOps++;
+        this.pauseIdle();
+        let done = false;
+        return () => {
+          if (done) return;
+          done = true;
+          this.activeFileOps--;
+          this.touch();
+        };
+      },
+    });
   }
 
   static async create(host: Host, options: SessionOptions): Promise<Session> {
     const envs = checkEnvs(options.envs, "envs");
+    parseMaxFileBytes(options.maxFileBytes);
     const workdir = options.workdir ?? DEFAULT_WORKDIR;
     if (!workdir.startsWith("/")) {
       throw new CorralError(
@@ -564,7 +599,7 @@ export class Session {
   }
 
   private busy(): boolean {
-    if (this.commandsRunning.size > 0) return true;
+    if (this.commandsRunning.size > 0 || this.activeFileOps > 0) return true;
     for (const c of this.contexts.values()) if (c.pending > 0) return true;
     return false;
   }

@@ -10,14 +10,26 @@ import {
   decodeCallDone,
   decodeError,
   decodeExit,
+  decodeFileDone,
+  decodeFileRecords,
   decodeProbe,
   Ev,
   type ExitInfo,
   encodeContextExec,
   encodeContextStart,
+  encodeFileCommit,
+  encodeFileList,
+  encodeFileMkdir,
+  encodeFileRead,
+  encodeFileRemove,
+  encodeFileRename,
+  encodeFileStat,
+  encodeFileWrite,
   encodeFrame,
   encodeSpawn,
   encodeWriteFile,
+  type FileRecord,
+  type FileWritePayload,
   type Frame,
   FrameDecoder,
   PROTOCOL_VERSION,
@@ -25,7 +37,7 @@ import {
   u32,
 } from "./protocol.js";
 
-export type { CallDone, ExitInfo } from "./protocol.js";
+export type { CallDone, ExitInfo, FileRecord, FileWritePayload } from "./protocol.js";
 
 export interface ContextStartOptions {
   argv: readonly string[];
@@ -91,6 +103,35 @@ export interface SpawnHandle {
   closeStdin(): void;
   signal(signo: number): void;
 }
+
+/** A FILE_READ in progress: data arrives through the sink, never more than the credit. */
+export interface FileReadHandle {
+  /** The opened file (FILE_INFO); rejects if it could not be opened or is refused. */
+  info: Promise<FileRecord>;
+  /** The byte count, once the whole file was sent; rejects on an error or cancel. */
+  done: Promise<number>;
+  /** The host can take `bytes` more (it consumed that much). */
+  credit(bytes: number): void;
+  /** Stop the read; nothing more arrives. */
+  cancel(): void;
+}
+
+/** A FILE_WRITE in progress: chunks go straight out; commit renames the file into place. */
+export interface FileWriteHandle {
+  /** Send bytes (at most 1 MiB per frame is sent). */
+  write(chunk: Buffer): void;
+  /** The supervisor's error, once it reported one (later writes are dropped by it). */
+  readonly error: Error | null;
+  /** Resolves when the socket can take more (flow control for large uploads). */
+  drain(): Promise<void>;
+  /** Ask for the rename into place; resolves with the byte count written. */
+  commit(total: number): Promise<number>;
+  /** Drop the write: the temporary file is removed, the target is untouched. */
+  cancel(): void;
+}
+
+/** The largest FILE_CHUNK the host sends. */
+export const FILE_CHUNK_BYTES = 1 << 20;
 
 interface Deferred<T> {
   promise: Promise<T>;
@@ -285,6 +326,220 @@ export class SupervisorClient {
       d.reject(err as Error);
     }
     return d.promise;
+  }
+
+  /**
+   * A FILE_* request on a fresh channel that ends with `final` (FILE_DONE or FILE_INFO)
+   * or ERROR; other frames go to `onFrame`.
+   */
+  private fileRequest(
+    type: number,
+    payload: Buffer,
+    final: number,
+    onFrame?: (f: Frame) => void,
+  ): Promise<Frame> {
+    const channel = this.allocChannel();
+    const d = deferred<Frame>();
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        if (f.type === final) {
+          this.channels.delete(channel);
+          d.resolve(f);
+        } else if (f.type === Ev.ERROR) {
+          this.channels.delete(channel);
+          const e = decodeError(f.payload);
+          d.reject(new SupervisorRequestError(e.errno, e.message));
+        } else if (onFrame) {
+          try {
+            onFrame(f);
+          } catch (err) {
+            this.channels.delete(channel);
+            d.reject(err as Error);
+          }
+        }
+      },
+      fail: (err) => d.reject(err),
+    });
+    try {
+      this.send(type, channel, payload);
+    } catch (err) {
+      this.channels.delete(channel);
+      d.reject(err as Error);
+    }
+    return d.promise;
+  }
+
+  /** What is at `file` (the last symlink followed only with `follow`). */
+  async fileStat(file: string, follow: boolean): Promise<FileRecord> {
+    const f = await this.fileRequest(Req.FILE_STAT, encodeFileStat(file, follow), Ev.FILE_INFO);
+    const [record] = decodeFileRecords(f.payload);
+    if (!record) throw new CorralError("supervisor_failed", "empty FILE_INFO from the supervisor");
+    return record;
+  }
+
+  /** The entries below a directory, `depth` levels deep, in no particular order. */
+  async fileList(file: string, depth: number): Promise<FileRecord[]> {
+    const records: FileRecord[] = [];
+    await this.fileRequest(Req.FILE_LIST, encodeFileList(file, depth), Ev.FILE_DONE, (f) => {
+      if (f.type === Ev.FILE_ENTRIES) records.push(...decodeFileRecords(f.payload));
+    });
+    return records;
+  }
+
+  /** Make a directory; true if made, false if it was one already. */
+  async fileMkdir(file: string, parents: boolean, mode: number): Promise<boolean> {
+    const f = await this.fileRequest(
+      Req.FILE_MKDIR,
+      encodeFileMkdir(file, parents, mode),
+      Ev.FILE_DONE,
+    );
+    return decodeFileDone(f.payload) === 1;
+  }
+
+  /** Remove a file, a symlink or a directory; resolves with how many entries went. */
+  async fileRemove(file: string, recursive: boolean): Promise<number> {
+    const f = await this.fileRequest(
+      Req.FILE_REMOVE,
+      encodeFileRemove(file, recursive),
+      Ev.FILE_DONE,
+    );
+    return decodeFileDone(f.payload);
+  }
+
+  async fileRename(from: string, to: string, noReplace: boolean): Promise<void> {
+    await this.fileRequest(Req.FILE_RENAME, encodeFileRename(from, to, noReplace), Ev.FILE_DONE);
+  }
+
+  /** Stream a regular file out of the sandbox under a credit window (see FileReadHandle). */
+  fileRead(
+    file: string,
+    opts: { maxBytes: number; window: number; onData: (chunk: Buffer) => void },
+  ): FileReadHandle {
+    const channel = this.allocChannel();
+    const info = deferred<FileRecord>();
+    const done = deferred<number>();
+    let finished = false;
+    const finish = (err: Error | null, total = 0) => {
+      if (finished) return;
+      finished = true;
+      this.channels.delete(channel);
+      if (err) {
+        info.reject(err);
+        done.reject(err);
+      } else done.resolve(total);
+    };
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        switch (f.type) {
+          case Ev.FILE_INFO: {
+            const [record] = decodeFileRecords(f.payload);
+            if (record) info.resolve(record);
+            break;
+          }
+          case Ev.FILE_DATA:
+            opts.onData(f.payload);
+            break;
+          case Ev.FILE_DONE:
+            finish(null, decodeFileDone(f.payload));
+            break;
+          case Ev.ERROR: {
+            const e = decodeError(f.payload);
+            finish(new SupervisorRequestError(e.errno, e.message));
+            break;
+          }
+          default:
+            break;
+        }
+      },
+      fail: (err) => finish(err),
+    });
+    try {
+      this.send(Req.FILE_READ, channel, encodeFileRead(file, opts.maxBytes, opts.window));
+    } catch (err) {
+      finish(err as Error);
+    }
+    return {
+      info: info.promise,
+      done: done.promise,
+      credit: (bytes) => {
+        if (!finished && bytes > 0 && !this.closedError)
+          this.send(Req.FILE_CREDIT, channel, u32(Math.min(bytes, 0xffffffff)));
+      },
+      cancel: () => {
+        if (finished) return;
+        if (!this.closedError) this.send(Req.FILE_CANCEL, channel);
+        finish(new CorralError("internal", "the read was cancelled"));
+      },
+    };
+  }
+
+  /** Stream bytes into a new file of the sandbox (see FileWriteHandle). */
+  fileWrite(file: string, opts: FileWritePayload): FileWriteHandle {
+    const channel = this.allocChannel();
+    const result = deferred<number>();
+    let finished = false;
+    let error: Error | null = null;
+    const finish = (err: Error | null, total = 0) => {
+      if (finished) return;
+      finished = true;
+      this.channels.delete(channel);
+      if (err) {
+        error = err;
+        result.reject(err);
+      } else result.resolve(total);
+    };
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        if (f.type === Ev.FILE_DONE) finish(null, decodeFileDone(f.payload));
+        else if (f.type === Ev.ERROR) {
+          const e = decodeError(f.payload);
+          finish(new SupervisorRequestError(e.errno, e.message));
+        }
+      },
+      fail: (err) => finish(err),
+    });
+    try {
+      this.send(Req.FILE_WRITE, channel, encodeFileWrite(file, opts));
+    } catch (err) {
+      finish(err as Error);
+    }
+    return {
+      get error() {
+        return error;
+      },
+      write: (chunk) => {
+        if (finished) return;
+        for (let off = 0; off < chunk.length; off += FILE_CHUNK_BYTES) {
+          this.send(Req.FILE_CHUNK, channel, chunk.subarray(off, off + FILE_CHUNK_BYTES));
+        }
+      },
+      drain: () => this.drain(),
+      commit: (total) => {
+        if (!finished) this.send(Req.FILE_COMMIT, channel, encodeFileCommit(total));
+        return result.promise;
+      },
+      cancel: () => {
+        if (finished) return;
+        if (!this.closedError) this.send(Req.FILE_CANCEL, channel);
+        finish(new CorralError("internal", "the write was cancelled"));
+      },
+    };
+  }
+
+  /** Resolves once the socket's write buffer has room again. */
+  private drain(): Promise<void> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    if (!this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        this.socket.off("drain", done);
+        this.socket.off("close", done);
+        if (this.closedError) reject(this.closedError);
+        else resolve();
+      };
+      this.socket.on("drain", done);
+      this.socket.on("close", done);
+    });
   }
 
   spawn(opts: SpawnOptions): SpawnHandle {

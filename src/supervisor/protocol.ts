@@ -22,6 +22,17 @@ export const Req = {
   CTX_START: 0x20,
   CTX_EXEC: 0x21,
   CTX_STOP: 0x22,
+  FILE_STAT: 0x30,
+  FILE_LIST: 0x31,
+  FILE_READ: 0x32,
+  FILE_CREDIT: 0x33,
+  FILE_WRITE: 0x34,
+  FILE_CHUNK: 0x35,
+  FILE_COMMIT: 0x36,
+  FILE_CANCEL: 0x37,
+  FILE_MKDIR: 0x38,
+  FILE_REMOVE: 0x39,
+  FILE_RENAME: 0x3a,
 } as const;
 
 export const Ev = {
@@ -35,6 +46,10 @@ export const Ev = {
   CTX_MSG: 0x95,
   CTX_DONE: 0x96,
   CTX_EXIT: 0x97,
+  FILE_INFO: 0x98,
+  FILE_ENTRIES: 0x99,
+  FILE_DATA: 0x9a,
+  FILE_DONE: 0x9b,
   ERROR: 0xa0,
 } as const;
 
@@ -163,6 +178,133 @@ export function encodeWriteFile(file: string, data: Buffer, mode: number): Buffe
   return Buffer.concat([head, name, data]);
 }
 
+/** FILE_* request flags (docs/protocol.md). */
+export const FileFlag = {
+  STAT_FOLLOW: 1,
+  WRITE_PARENTS: 1,
+  WRITE_KEEP_MODE: 2,
+  MKDIR_PARENTS: 1,
+  REMOVE_RECURSIVE: 1,
+  RENAME_NOREPLACE: 1,
+} as const;
+
+/** The longest path the supervisor takes (PATH_MAX less its NUL). */
+export const MAX_FILE_PATH_BYTES = 4095;
+
+function filePath(file: string): Buffer {
+  const b = Buffer.from(file, "utf8");
+  if (b.length === 0 || b.length > MAX_FILE_PATH_BYTES || b.includes(0) || b[0] !== 0x2f)
+    throw new RangeError(`invalid path for the supervisor: ${JSON.stringify(file)}`);
+  return b;
+}
+
+function u64(value: number): Buffer {
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`not a u64: ${value}`);
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(value), 0);
+  return b;
+}
+
+export function encodeFileStat(file: string, follow: boolean): Buffer {
+  return Buffer.concat([u32(follow ? FileFlag.STAT_FOLLOW : 0), filePath(file)]);
+}
+
+export function encodeFileList(file: string, depth: number): Buffer {
+  return Buffer.concat([u32(depth), u32(0), filePath(file)]);
+}
+
+export function encodeFileRead(file: string, maxBytes: number, window: number): Buffer {
+  return Buffer.concat([u64(maxBytes), u32(window), filePath(file)]);
+}
+
+export interface FileWritePayload {
+  /** Permission bits of the new file (with keepMode: only when there was no file). */
+  mode: number;
+  /** Keep the permission bits of the regular file being replaced. */
+  keepMode: boolean;
+  /** Create missing parent directories. */
+  parents: boolean;
+  maxBytes: number;
+}
+
+export function encodeFileWrite(file: string, opts: FileWritePayload): Buffer {
+  const flags =
+    (opts.parents ? FileFlag.WRITE_PARENTS : 0) | (opts.keepMode ? FileFlag.WRITE_KEEP_MODE : 0);
+  return Buffer.concat([u32(flags), u32(opts.mode), u64(opts.maxBytes), filePath(file)]);
+}
+
+export function encodeFileCommit(total: number): Buffer {
+  return u64(total);
+}
+
+export function encodeFileMkdir(file: string, parents: boolean, mode: number): Buffer {
+  return Buffer.concat([u32(parents ? FileFlag.MKDIR_PARENTS : 0), u32(mode), filePath(file)]);
+}
+
+export function encodeFileRemove(file: string, recursive: boolean): Buffer {
+  return Buffer.concat([u32(recursive ? FileFlag.REMOVE_RECURSIVE : 0), filePath(file)]);
+}
+
+export function encodeFileRename(from: string, to: string, noReplace: boolean): Buffer {
+  const src = filePath(from);
+  const head = Buffer.alloc(6);
+  head.writeUInt32BE(noReplace ? FileFlag.RENAME_NOREPLACE : 0, 0);
+  head.writeUInt16BE(src.length, 4);
+  return Buffer.concat([head, src, filePath(to)]);
+}
+
+export type FileType = "file" | "dir" | "symlink" | "other";
+const FILE_TYPES: readonly FileType[] = ["other", "file", "dir", "symlink"];
+
+/** One FILE_INFO / FILE_ENTRIES record, as the supervisor saw it (lstat-like). */
+export interface FileRecord {
+  type: FileType;
+  /** Relative to the listed directory in FILE_ENTRIES; empty in FILE_INFO. */
+  name: string;
+  /** The whole st_mode (type and permission bits). */
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtimeNs: bigint;
+  /** A symlink's target as stored in the link; null for anything else. */
+  target: string | null;
+}
+
+const ENTRY_HEAD = 33;
+
+/** Decode the records of a FILE_INFO or FILE_ENTRIES payload; a truncated one is an error. */
+export function decodeFileRecords(p: Buffer): FileRecord[] {
+  const out: FileRecord[] = [];
+  let off = 0;
+  while (off < p.length) {
+    if (p.length - off < ENTRY_HEAD) throw new RangeError("truncated file entry");
+    const type = p.readUInt8(off);
+    const nameLen = p.readUInt16BE(off + 1);
+    const targetLen = p.readUInt16BE(off + 3);
+    const end = off + ENTRY_HEAD + nameLen + targetLen;
+    if (end > p.length) throw new RangeError("truncated file entry");
+    const nameAt = off + ENTRY_HEAD;
+    out.push({
+      type: FILE_TYPES[type] ?? "other",
+      name: p.toString("utf8", nameAt, nameAt + nameLen),
+      mode: p.readUInt32BE(off + 5),
+      uid: p.readUInt32BE(off + 9),
+      gid: p.readUInt32BE(off + 13),
+      size: Number(p.readBigUInt64BE(off + 17)),
+      mtimeNs: p.readBigInt64BE(off + 25),
+      target: type === 3 ? p.toString("utf8", nameAt + nameLen, end) : null,
+    });
+    off = end;
+  }
+  return out;
+}
+
+export function decodeFileDone(p: Buffer): number {
+  if (p.length !== 8) throw new RangeError(`FILE_DONE payload of ${p.length} bytes (expected 8)`);
+  return Number(p.readBigUInt64BE(0));
+}
+
 export interface ExitInfo {
   how: "exited" | "signaled";
   /** Exit status, or the signal number when `how` is "signaled". */
@@ -201,26 +343,39 @@ export function decodeProbe(p: Buffer): Record<string, string> {
   return out;
 }
 
-/** Accumulates bytes from the socket and yields whole frames. */
+/**
+ * Accumulates bytes from the socket and yields whole frames. Chunks are kept apart until
+ * a whole frame is there, so a 256 KiB frame arriving in 64 KiB reads is joined once, not
+ * copied again at every read.
+ */
 export class FrameDecoder {
-  private buf: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private length = 0;
+  /** Bytes needed before a frame can be complete: a header, or the pending frame. */
+  private need = HEADER_SIZE;
 
   push(chunk: Buffer): Frame[] {
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+    if (this.length < this.need) return [];
+    const buf = this.chunks.length === 1 ? chunk : Buffer.concat(this.chunks, this.length);
     const frames: Frame[] = [];
     let off = 0;
-    while (this.buf.length - off >= HEADER_SIZE) {
-      const len = this.buf.readUInt32BE(off);
+    while (buf.length - off >= HEADER_SIZE) {
+      const len = buf.readUInt32BE(off);
       if (len > MAX_PAYLOAD) throw new RangeError(`frame of ${len} bytes from the supervisor`);
-      if (this.buf.length - off < HEADER_SIZE + len) break;
+      if (buf.length - off < HEADER_SIZE + len) break;
       frames.push({
-        type: this.buf.readUInt8(off + 4),
-        channel: this.buf.readUInt32BE(off + 5),
-        payload: Buffer.from(this.buf.subarray(off + HEADER_SIZE, off + HEADER_SIZE + len)),
+        type: buf.readUInt8(off + 4),
+        channel: buf.readUInt32BE(off + 5),
+        payload: Buffer.from(buf.subarray(off + HEADER_SIZE, off + HEADER_SIZE + len)),
       });
       off += HEADER_SIZE + len;
     }
-    this.buf = off === this.buf.length ? Buffer.alloc(0) : this.buf.subarray(off);
+    const rest = buf.subarray(off);
+    this.chunks = rest.length > 0 ? [rest] : [];
+    this.length = rest.length;
+    this.need = rest.length >= HEADER_SIZE ? HEADER_SIZE + rest.readUInt32BE(0) : HEADER_SIZE;
     return frames;
   }
 }

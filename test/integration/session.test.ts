@@ -641,7 +641,7 @@ describe("packages inside a session", () => {
       "import importlib.util\nimportlib.util.find_spec('corral_demo_pkg') is None",
     );
     expect(before.results[0]?.data["text/plain"]).toBe("True");
-    await s.sandbox.writeFile(`/work/${wheel.file}`, wheel.data);
+    await s.files.write(`/work/${wheel.file}`, wheel.data);
     const pip = await s.runCode(`%pip install --no-index --no-deps /work/${wheel.file}`, {
       timeoutMs: 120_000,
     });

@@ -4,7 +4,9 @@
  * The host talks to it over the listening unix socket that runc hands in as fd 3
  * (see docs/protocol.md). It accepts a closed set of typed requests: spawn a
  * process, feed its stdin, signal it, write a file, probe the sandbox, kill
- * everything. It forwards output, reaps every child and enforces timeouts.
+ * everything, run a stateful kernel, and the file API of a live sandbox (read,
+ * write, list, stat, mkdir, remove, rename, confined to the sandbox's root). It
+ * forwards output, reaps every child and enforces timeouts.
  *
  * Design rules, in order of importance:
  *   - the host is the only peer; nothing in the sandbox can reach fd 3, and no
@@ -24,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -36,6 +39,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -65,9 +69,14 @@ enum {
     REQ_STDIN_CLOSE = 0x12, REQ_SIGNAL = 0x13, REQ_WRITE_FILE = 0x14,
     REQ_KILL_ALL = 0x15, REQ_SHUTDOWN = 0x16,
     REQ_CTX_START = 0x20, REQ_CTX_EXEC = 0x21, REQ_CTX_STOP = 0x22,
+    REQ_FILE_STAT = 0x30, REQ_FILE_LIST = 0x31, REQ_FILE_READ = 0x32, REQ_FILE_CREDIT = 0x33,
+    REQ_FILE_WRITE = 0x34, REQ_FILE_CHUNK = 0x35, REQ_FILE_COMMIT = 0x36, REQ_FILE_CANCEL = 0x37,
+    REQ_FILE_MKDIR = 0x38, REQ_FILE_REMOVE = 0x39, REQ_FILE_RENAME = 0x3A,
     EV_HELLO_OK = 0x81, EV_PROBE_REPORT = 0x82, EV_STARTED = 0x90, EV_OK = 0x91,
     EV_STDOUT = 0x92, EV_STDERR = 0x93, EV_EXIT = 0x94,
-    EV_CTX_MSG = 0x95, EV_CTX_DONE = 0x96, EV_CTX_EXIT = 0x97, EV_ERROR = 0xA0,
+    EV_CTX_MSG = 0x95, EV_CTX_DONE = 0x96, EV_CTX_EXIT = 0x97,
+    EV_FILE_INFO = 0x98, EV_FILE_ENTRIES = 0x99, EV_FILE_DATA = 0x9A, EV_FILE_DONE = 0x9B,
+    EV_ERROR = 0xA0,
 };
 
 /* Frames a kernel writes on its event pipe (fd 4): u32 length, u8 type, payload. */
@@ -127,6 +136,11 @@ static unsigned char *rbuf;
 static size_t rbuf_len, rbuf_cap;
 static size_t stdin_buffered; /* over all processes */
 static unsigned char iobuf[CHUNK];
+static int root_fd = -1;     /* our "/": where the file API resolves paths (see FILE_*) */
+static void drop_fileops(void);
+static void close_fileop_fds(void);
+static int reads_waiting(void);
+static void pump_reads(void);
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -502,6 +516,7 @@ static void close_connection(void)
         rbuf = NULL;
         rbuf_cap = 0;
     }
+    drop_fileops();
     /* Processes outlive their connection, but nobody can feed their stdin any more
      * and a new host's channel ids must not collide with theirs. */
     for (int i = 0; i < MAX_PROCS; i++) {
@@ -1477,6 +1492,7 @@ static void handle_ctx_start(uint32_t channel, const unsigned char *p, uint32_t 
         close_fd(&conn_fd);
         close(LISTEN_FD);
         close_fd(&sig_fd);
+        close_fileop_fds();
         close_fd(&req[1]), close_fd(&evt[0]), close_fd(&out[0]), close_fd(&err[0]);
         for (int i = 0; i < MAX_PROCS; i++) {
             if (procs[i].used) {
@@ -1597,6 +1613,986 @@ static void handle_ctx_stop(uint32_t channel, uint32_t len)
         kill_context(ctx); /* CTX_EXIT follows once the keeper's tree is gone */
 }
 
+/* ------------------------------------------------------------------ file API */
+
+/*
+ * FILE_* requests: the file API of a live sandbox (docs/protocol.md). They run here, in
+ * PID 1 of the sandbox: a process whose root is the sandbox's root, with no capabilities,
+ * under the sandbox's seccomp filter and rlimits. The host never opens a live sandbox's
+ * files by path: /proc/PID/root/... resolves absolute symlinks against the *host's* root,
+ * and any host-side check followed by an open races a symlink swap inside the sandbox.
+ *
+ * Confinement: every path from the host is resolved by openat2(2) from root_fd (our "/",
+ * opened at start) with
+ *   RESOLVE_IN_ROOT        absolute paths, absolute symlinks and ".." stay below root_fd,
+ *                          whatever our own root and cwd are;
+ *   RESOLVE_NO_MAGICLINKS  /proc/self/fd/N, /proc/1/root and their kind are never followed;
+ *   RESOLVE_NO_XDEV        the walk never crosses a mount point (nor does a symlink or
+ *                          ".." make it cross one).
+ * RESOLVE_NO_XDEV is the exact policy, not an approximation of one: the OCI plan
+ * (oci-spec.ts, layer.ts) mounts the writable layer once, as the overlay at "/", and /tmp,
+ * /root and /work are plain directories of it (one mount, one st_dev). Every other mount
+ * is one the API must not serve: /proc (other processes' memory, environ and fds), /sys,
+ * /dev and /dev/shm (devices, another tmpfs), and the read-only binds of the supervisor
+ * and the kernel drivers (host files). Walking component by component with mount-id
+ * checks would implement the same rule in more code. Should a later plan mount /tmp or
+ * /work on their own, the API fails closed there (EXDEV), and files.test.ts notices.
+ * Symlinks within the root are followed; the kernel keeps them inside it.
+ *
+ * Walks below a directory already resolved (list, recursive remove, mkdir -p) go one
+ * name at a time with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: they follow no link and
+ * cannot leave that directory.
+ *
+ * Only regular files and directories are served: opens use O_NONBLOCK (a FIFO, or a file
+ * under a lease, cannot block the loop) and the type is checked with fstat on the opened
+ * descriptor, never before the open. A write goes to a new file in the target's directory
+ * (O_CREAT | O_EXCL: never an existing inode), which is renamed over the target at the
+ * end: a hard link planted at the target is replaced, never written through, and a reader
+ * never sees a half-written file.
+ *
+ * These run in the event loop; they are bounded (a read or write moves one chunk per
+ * frame, a listing stops at MAX_LIST_ENTRIES) and touch only the sandbox's own local
+ * filesystem, which holds no FUSE or network mount. A recursive remove, which may take
+ * long, runs in a child (remove_in_child).
+ */
+#define MAX_FILE_OPS 128
+#define FILE_CHUNK ((size_t)256 << 10)  /* largest FILE_DATA payload we send */
+#define MAX_LIST_DEPTH 64
+#define MAX_LIST_ENTRIES 100000
+#define MAX_WALK_DEPTH 128              /* recursive remove: directory levels */
+#define MAX_SYMLINK_HOPS 40             /* as the kernel's own limit */
+#define ENTRY_HEAD 33
+
+enum { FOP_READ = 1, FOP_WRITE = 2, FOP_REMOVE = 3 };
+enum { FT_OTHER = 0, FT_FILE = 1, FT_DIR = 2, FT_SYMLINK = 3 };
+/* Request flags. */
+#define FSTAT_FOLLOW 1u
+#define FWRITE_PARENTS 1u
+#define FWRITE_KEEP_MODE 2u
+#define FMKDIR_PARENTS 1u
+#define FREMOVE_RECURSIVE 1u
+#define FRENAME_NOREPLACE 1u
+
+/* A read streaming to the host, a write streaming from it, or a recursive remove. */
+struct fileop {
+    int used;
+    int kind;
+    uint32_t channel;
+    int fd;                 /* the file read, the temporary file written, or the remover's pipe */
+    int dir_fd;             /* write: the target's directory (O_PATH) */
+    uint64_t done;          /* bytes sent or written so far */
+    uint64_t max;           /* the size cap */
+    uint64_t credit;        /* read: bytes the host is ready to take, in all */
+    mode_t mode;            /* write: the final file's mode */
+    char tmp[64];           /* write: the temporary file's name in dir_fd */
+    char name[NAME_MAX + 1]; /* write: the final name in dir_fd */
+    char path[PATH_MAX];    /* remove: the path, for the answer */
+};
+
+static struct fileop fileops[MAX_FILE_OPS];
+static unsigned char filebuf[FILE_CHUNK];
+
+static uint64_t get_u64(const unsigned char *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
+
+/* openat2 refuses O_PATH with any flag but O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC. */
+static uint64_t how_flags(int flags)
+{
+    return (uint64_t)(flags | O_CLOEXEC | (flags & O_PATH ? 0 : O_NOCTTY));
+}
+
+/* Resolve an absolute path of the sandbox under the rules above. */
+static int resolve_in_root(const char *path, int flags)
+{
+    struct open_how how = {
+        .flags = how_flags(flags),
+        .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+    };
+    return (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+}
+
+/* Open one name inside an already resolved directory: no link, no "..", no mount crossed. */
+static int open_beneath(int dir_fd, const char *name, int flags)
+{
+    struct open_how how = {
+        .flags = how_flags(flags | O_NOFOLLOW),
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+    };
+    return (int)syscall(SYS_openat2, dir_fd, name, &how, sizeof how);
+}
+
+/* "/a/b/c" -> parent "/a/b", name "c". The name must be a plain one: the root, ".", ".."
+ * and a trailing slash name no entry that could be created, removed or renamed. */
+static int split_path(const char *path, char parent[PATH_MAX], char name[NAME_MAX + 1])
+{
+    size_t len = strlen(path);
+    if (len > 1 && path[len - 1] == '/')
+        return EINVAL; /* "dir/": the host never sends it */
+    const char *slash = memrchr(path, '/', len);
+    if (!slash)
+        return EINVAL;
+    size_t nlen = len - (size_t)(slash + 1 - path);
+    if (nlen == 0 || (nlen == 1 && slash[1] == '.') || (nlen == 2 && slash[1] == '.' && slash[2] == '.'))
+        return EINVAL;
+    if (nlen > NAME_MAX)
+        return ENAMETOOLONG;
+    size_t plen = (size_t)(slash - path);
+    if (plen == 0)
+        plen = 1; /* the parent of "/x" is "/" */
+    memcpy(parent, path, plen);
+    parent[plen] = '\0';
+    memcpy(name, slash + 1, nlen);
+    name[nlen] = '\0';
+    return 0;
+}
+
+/*
+ * Open a directory of the sandbox (O_PATH). With `create`, missing directories are made
+ * (mode 0755 less the umask) like mkdir -p: the deepest existing ancestor is resolved
+ * under the rules above, and each missing name below it is created and opened one at a
+ * time without following links.
+ */
+static int open_dir(const char *dir, int create)
+{
+    int fd = resolve_in_root(dir, O_PATH | O_DIRECTORY);
+    if (fd >= 0 || errno != ENOENT || !create)
+        return fd;
+    char buf[PATH_MAX];
+    size_t len = strlen(dir);
+    memcpy(buf, dir, len + 1);
+    size_t end = len;
+    for (;;) {
+        while (end > 0 && buf[end - 1] != '/')
+            end--;
+        while (end > 1 && buf[end - 1] == '/')
+            end--;
+        if (end == 0)
+            return -1; /* not absolute: cannot happen, the request was checked */
+        char saved = buf[end];
+        buf[end] = '\0';
+        fd = resolve_in_root(buf, O_PATH | O_DIRECTORY);
+        buf[end] = saved;
+        if (fd >= 0)
+            break;
+        if (errno != ENOENT || end <= 1)
+            return -1;
+    }
+    for (size_t i = end; i < len;) {
+        while (i < len && buf[i] == '/')
+            i++;
+        size_t j = i;
+        while (j < len && buf[j] != '/')
+            j++;
+        if (j == i)
+            break;
+        if (j - i > NAME_MAX) {
+            close(fd);
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        char comp[NAME_MAX + 1];
+        memcpy(comp, buf + i, j - i);
+        comp[j - i] = '\0';
+        if (mkdirat(fd, comp, 0755) < 0 && errno != EEXIST) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        int next = open_beneath(fd, comp, O_PATH | O_DIRECTORY);
+        int e = errno;
+        close(fd);
+        if (next < 0) {
+            errno = e;
+            return -1;
+        }
+        fd = next;
+        i = j;
+    }
+    return fd;
+}
+
+static int file_type(mode_t m)
+{
+    return S_ISREG(m) ? FT_FILE : S_ISDIR(m) ? FT_DIR : S_ISLNK(m) ? FT_SYMLINK : FT_OTHER;
+}
+
+static const char *type_name(mode_t m)
+{
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISSOCK(m)) return "a socket";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISLNK(m)) return "a symlink";
+    return "not a regular file";
+}
+
+/* One entry as the host decodes it (protocol.ts decodeEntries): u8 type, u16 name
+ * length, u16 target length, u32 mode, u32 uid, u32 gid, u64 size, i64 mtime in ns,
+ * then the name and the symlink's target. Returns the bytes written (at most
+ * ENTRY_HEAD + 2 * PATH_MAX). */
+static size_t encode_entry(unsigned char *out, const struct stat *st, const char *name, size_t nlen,
+                           const char *target, size_t tlen)
+{
+    out[0] = (unsigned char)file_type(st->st_mode);
+    put_u16(out + 1, (uint16_t)nlen);
+    put_u16(out + 3, (uint16_t)tlen);
+    put_u32(out + 5, (uint32_t)st->st_mode);
+    put_u32(out + 9, (uint32_t)st->st_uid);
+    put_u32(out + 13, (uint32_t)st->st_gid);
+    put_u64(out + 17, (uint64_t)st->st_size);
+    put_u64(out + 25, (uint64_t)((int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec));
+    memcpy(out + ENTRY_HEAD, name, nlen);
+    memcpy(out + ENTRY_HEAD + nlen, target, tlen);
+    return ENTRY_HEAD + nlen + tlen;
+}
+
+/* An errno from a path operation, as one line that says what happened. */
+static void send_path_error(uint32_t channel, int e, const char *what, const char *path)
+{
+    if (e == EXDEV)
+        return send_error(channel, e, "%s %s: outside the sandbox's own filesystem "
+                          "(/proc, /sys, /dev and the supervisor's mounts are not served)", what, path);
+    if (e == ELOOP)
+        return send_error(channel, e, "%s %s: too many symlinks, or a /proc magic link (not followed)",
+                          what, path);
+    send_error(channel, e, "%s %s: %s", what, path, strerror(e));
+}
+
+static struct fileop *find_fileop(uint32_t channel)
+{
+    for (int i = 0; i < MAX_FILE_OPS; i++)
+        if (fileops[i].used && fileops[i].channel == channel)
+            return &fileops[i];
+    return NULL;
+}
+
+static void free_fileop(struct fileop *op)
+{
+    if (op->kind == FOP_WRITE && op->tmp[0] && op->dir_fd >= 0)
+        unlinkat(op->dir_fd, op->tmp, 0); /* an unfinished write leaves nothing behind */
+    close_fd(&op->fd);
+    close_fd(&op->dir_fd);
+    memset(op, 0, sizeof *op);
+    op->fd = op->dir_fd = -1;
+}
+
+/* Common checks of a FILE_* request that starts something on a channel. */
+static int file_channel_ok(uint32_t channel, const char *what)
+{
+    if (channel == 0) {
+        send_error(channel, EINVAL, "%s needs a non-zero channel", what);
+        return 0;
+    }
+    if (find_channel(channel) || find_fileop(channel)) {
+        send_error(channel, EBUSY, "channel %u is in use", channel);
+        return 0;
+    }
+    return 1;
+}
+
+/* A path from the host: 1 to PATH_MAX - 1 bytes, no NUL, absolute. */
+static int take_path(uint32_t channel, const unsigned char *p, size_t len, char out[PATH_MAX])
+{
+    if (len == 0 || len >= PATH_MAX || memchr(p, 0, len)) {
+        send_error(channel, EINVAL, "invalid path (1 to %d bytes, no NUL)", PATH_MAX - 1);
+        return 0;
+    }
+    memcpy(out, p, len);
+    out[len] = '\0';
+    if (out[0] != '/') {
+        send_error(channel, EINVAL, "path must be absolute: %s", out);
+        return 0;
+    }
+    return 1;
+}
+
+static struct fileop *new_fileop(uint32_t channel, int kind)
+{
+    for (int i = 0; i < MAX_FILE_OPS; i++) {
+        struct fileop *op = &fileops[i];
+        if (!op->used) {
+            memset(op, 0, sizeof *op);
+            op->used = 1;
+            op->kind = kind;
+            op->channel = channel;
+            op->fd = op->dir_fd = -1;
+            return op;
+        }
+    }
+    send_error(channel, EAGAIN, "too many file transfers in progress (limit %d)", MAX_FILE_OPS);
+    return NULL;
+}
+
+static void send_file_done(uint32_t channel, uint64_t value)
+{
+    unsigned char v[8];
+    put_u64(v, value);
+    send_simple(EV_FILE_DONE, channel, v, 8);
+}
+
+/* FILE_STAT: u32 flags (FOLLOW), path -> FILE_INFO. Without FOLLOW a symlink at the last
+ * component is described itself (type symlink, with its target). */
+static void handle_file_stat(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 4)
+        return mark_malformed();
+    uint32_t flags = get_u32(p);
+    char path[PATH_MAX];
+    if (!file_channel_ok(channel, "FILE_STAT") || !take_path(channel, p + 4, len - 4, path))
+        return;
+    if (flags & ~FSTAT_FOLLOW)
+        return send_error(channel, EINVAL, "unknown FILE_STAT flags 0x%x", flags);
+    int fd = resolve_in_root(path, O_PATH | (flags & FSTAT_FOLLOW ? 0 : O_NOFOLLOW));
+    if (fd < 0)
+        return send_path_error(channel, errno, "stat", path);
+    struct stat st;
+    char target[PATH_MAX];
+    ssize_t tlen = 0;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return send_path_error(channel, e, "stat", path);
+    }
+    if (S_ISLNK(st.st_mode) && (tlen = readlinkat(fd, "", target, sizeof target - 1)) < 0)
+        tlen = 0;
+    close(fd);
+    static unsigned char out[ENTRY_HEAD + PATH_MAX];
+    send_simple(EV_FILE_INFO, channel, out, encode_entry(out, &st, "", 0, target, (size_t)tlen));
+}
+
+/* A listing in progress: entries are batched into FILE_ENTRIES frames. */
+struct listing {
+    uint32_t channel;
+    uint64_t count;
+    int too_many;
+    size_t len;
+    unsigned char buf[CHUNK];
+    char rel[PATH_MAX];
+};
+
+static void flush_listing(struct listing *ls)
+{
+    if (ls->len > 0)
+        send_simple(EV_FILE_ENTRIES, ls->channel, ls->buf, ls->len);
+    ls->len = 0;
+}
+
+/* List the directory `fd` (owned: closed here) and, below depth 1, its subdirectories.
+ * ls->rel holds the path of `fd` relative to the listed directory ("" at the top). A
+ * subdirectory that cannot be entered (a mount point, no permission, gone) is listed but
+ * not entered; symlinks are listed, never followed. */
+static void list_dir(struct listing *ls, int fd, unsigned depth)
+{
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return;
+    }
+    size_t base = strlen(ls->rel);
+    struct dirent *e;
+    while (!ls->too_many && !conn_failed && (e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
+            continue;
+        size_t nlen = strlen(n);
+        size_t rlen = base + (base > 0) + nlen;
+        if (rlen >= PATH_MAX)
+            continue; /* deeper than any path the host could name */
+        if (base > 0)
+            ls->rel[base] = '/';
+        memcpy(ls->rel + base + (base > 0), n, nlen + 1);
+        struct stat st;
+        if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            ls->rel[base] = '\0';
+            continue; /* removed meanwhile */
+        }
+        char target[PATH_MAX];
+        ssize_t tlen = 0;
+        if (S_ISLNK(st.st_mode) && (tlen = readlinkat(dirfd(d), n, target, sizeof target - 1)) < 0)
+            tlen = 0;
+        if (++ls->count > MAX_LIST_ENTRIES) {
+            ls->too_many = 1;
+            break;
+        }
+        if (ls->len + ENTRY_HEAD + rlen + (size_t)tlen > sizeof ls->buf)
+            flush_listing(ls);
+        ls->len += encode_entry(ls->buf + ls->len, &st, ls->rel, rlen, target, (size_t)tlen);
+        if (S_ISDIR(st.st_mode) && depth > 1) {
+            int sub = open_beneath(dirfd(d), n, O_RDONLY | O_DIRECTORY);
+            if (sub >= 0)
+                list_dir(ls, sub, depth - 1);
+        }
+        ls->rel[base] = '\0';
+    }
+    closedir(d);
+}
+
+/* FILE_LIST: u32 depth (1..MAX_LIST_DEPTH), u32 flags (0), path -> FILE_ENTRIES*, then
+ * FILE_DONE (the entry count). The path itself may be reached through symlinks. */
+static void handle_file_list(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 8)
+        return mark_malformed();
+    uint32_t depth = get_u32(p), flags = get_u32(p + 4);
+    char path[PATH_MAX];
+    if (!file_channel_ok(channel, "FILE_LIST") || !take_path(channel, p + 8, len - 8, path))
+        return;
+    if (flags != 0)
+        return send_error(channel, EINVAL, "unknown FILE_LIST flags 0x%x", flags);
+    if (depth < 1 || depth > MAX_LIST_DEPTH)
+        return send_error(channel, EINVAL, "list depth %u is outside 1..%d", depth, MAX_LIST_DEPTH);
+    int fd = resolve_in_root(path, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return send_path_error(channel, errno, "list", path);
+    static struct listing ls;
+    ls.channel = channel;
+    ls.count = 0;
+    ls.too_many = 0;
+    ls.len = 0;
+    ls.rel[0] = '\0';
+    list_dir(&ls, fd, depth);
+    if (ls.too_many)
+        return send_error(channel, E2BIG, "list %s: more than %d entries (list with a smaller depth)",
+                          path, MAX_LIST_ENTRIES);
+    flush_listing(&ls);
+    send_file_done(channel, ls.count);
+}
+
+/* Send what the host has room for, at most `chunks` frames; end the read at end of file.
+ * Returns 1 if the op is still streaming. */
+static int pump_read(struct fileop *op, int chunks)
+{
+    while (chunks-- > 0 && op->credit > op->done && !conn_failed) {
+        uint64_t room = op->credit - op->done;
+        size_t want = room < FILE_CHUNK ? (size_t)room : FILE_CHUNK;
+        ssize_t n = read(op->fd, filebuf, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            send_error(op->channel, e, "read: %s", strerror(e));
+            free_fileop(op);
+            return 0;
+        }
+        if (n == 0) {
+            send_file_done(op->channel, op->done);
+            free_fileop(op);
+            return 0;
+        }
+        if (op->done + (uint64_t)n > op->max) {
+            send_error(op->channel, EFBIG, "the file grew past the %llu-byte cap while being read",
+                       (unsigned long long)op->max);
+            free_fileop(op);
+            return 0;
+        }
+        op->done += (uint64_t)n;
+        send_simple(EV_FILE_DATA, op->channel, filebuf, (size_t)n);
+    }
+    return 1;
+}
+
+/* FILE_READ: u64 cap, u32 window (initial credit), path -> FILE_INFO (of the opened
+ * file), FILE_DATA* (never more than the credit), FILE_DONE (the byte count). */
+static void handle_file_read(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 12)
+        return mark_malformed();
+    uint64_t max = get_u64(p);
+    uint32_t window = get_u32(p + 8);
+    char path[PATH_MAX];
+    if (!file_channel_ok(channel, "FILE_READ") || !take_path(channel, p + 12, len - 12, path))
+        return;
+    int fd = resolve_in_root(path, O_RDONLY | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0 && errno == ENXIO && (fd = resolve_in_root(path, O_PATH)) >= 0) {
+        /* A socket cannot be opened for reading at all: say what it is. */
+        int ok = fstat(fd, &st) == 0;
+        close(fd);
+        if (ok)
+            return send_error(channel, EINVAL, "read %s: %s, not a regular file (refused)", path,
+                              type_name(st.st_mode));
+        errno = ENXIO;
+        fd = -1;
+    }
+    if (fd < 0)
+        return send_path_error(channel, errno, "read", path);
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return send_path_error(channel, e, "read", path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return send_error(channel, S_ISDIR(st.st_mode) ? EISDIR : EINVAL,
+                          "read %s: %s, not a regular file (refused)", path, type_name(st.st_mode));
+    }
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return send_error(channel, EFBIG, "read %s: %lld bytes, over the %llu-byte cap", path,
+                          (long long)st.st_size, (unsigned long long)max);
+    }
+    struct fileop *op = new_fileop(channel, FOP_READ);
+    if (!op) {
+        close(fd);
+        return;
+    }
+    op->fd = fd;
+    op->max = max;
+    op->credit = window;
+    static unsigned char out[ENTRY_HEAD];
+    send_simple(EV_FILE_INFO, channel, out, encode_entry(out, &st, "", 0, "", 0));
+    pump_read(op, 2); /* a small file is done at once: its data and the end of file */
+}
+
+static void handle_file_credit(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len != 4)
+        return mark_malformed();
+    struct fileop *op = find_fileop(channel);
+    if (op && op->kind == FOP_READ)
+        op->credit += get_u32(p); /* else the read ended already: nothing to do */
+}
+
+/* Called by the event loop when the host socket is writable: one frame per read. */
+static int reads_waiting(void)
+{
+    for (int i = 0; i < MAX_FILE_OPS; i++)
+        if (fileops[i].used && fileops[i].kind == FOP_READ && fileops[i].credit > fileops[i].done)
+            return 1;
+    return 0;
+}
+
+static void pump_reads(void)
+{
+    for (int i = 0; i < MAX_FILE_OPS && !conn_failed; i++)
+        if (fileops[i].used && fileops[i].kind == FOP_READ)
+            pump_read(&fileops[i], 1);
+}
+
+/*
+ * Where a write to `path` lands: its directory (O_PATH, in *dir_fd) and final name. A
+ * symlink at the last component is followed, as open(2) would follow it, at most
+ * MAX_SYMLINK_HOPS times; each step is resolved by open_dir, so none can leave the root.
+ * On return *st describes what is at the final name now (st_mode 0: nothing).
+ */
+static int locate_write_target(const char *path, int parents, int *dir_fd, char name[NAME_MAX + 1],
+                               struct stat *st)
+{
+    char cur[PATH_MAX], parent[PATH_MAX], link[PATH_MAX];
+    snprintf(cur, sizeof cur, "%s", path);
+    for (int hops = 0;; hops++) {
+        int e = split_path(cur, parent, name);
+        if (e)
+            return e == EINVAL ? EISDIR : e;
+        int fd = open_dir(parent, parents);
+        if (fd < 0)
+            return errno;
+        if (fstatat(fd, name, st, AT_SYMLINK_NOFOLLOW) < 0) {
+            e = errno;
+            if (e != ENOENT) {
+                close(fd);
+                return e;
+            }
+            memset(st, 0, sizeof *st);
+        }
+        if (!S_ISLNK(st->st_mode)) {
+            *dir_fd = fd;
+            return 0;
+        }
+        if (hops >= MAX_SYMLINK_HOPS) {
+            close(fd);
+            return ELOOP;
+        }
+        ssize_t n = readlinkat(fd, name, link, sizeof link - 1);
+        e = errno;
+        close(fd);
+        if (n < 0)
+            return e;
+        link[n] = '\0';
+        /* A relative target is relative to the link's directory. */
+        int w = link[0] == '/' ? snprintf(cur, sizeof cur, "%s", link)
+                               : snprintf(cur, sizeof cur, "%s/%s", strcmp(parent, "/") ? parent : "", link);
+        if (w < 0 || (size_t)w >= sizeof cur)
+            return ENAMETOOLONG;
+    }
+}
+
+/* FILE_WRITE: u32 flags (PARENTS, KEEP_MODE), u32 mode, u64 cap, path. No answer when it
+ * succeeds (the host sends FILE_CHUNKs at once); FILE_COMMIT then answers FILE_DONE. */
+static void handle_file_write(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 16)
+        return mark_malformed();
+    uint32_t flags = get_u32(p), mode = get_u32(p + 4);
+    uint64_t max = get_u64(p + 8);
+    char path[PATH_MAX];
+    if (!file_channel_ok(channel, "FILE_WRITE") || !take_path(channel, p + 16, len - 16, path))
+        return;
+    if (flags & ~(FWRITE_PARENTS | FWRITE_KEEP_MODE))
+        return send_error(channel, EINVAL, "unknown FILE_WRITE flags 0x%x", flags);
+    if (mode & ~0777u)
+        return send_error(channel, EINVAL, "mode %o is outside 0777", mode);
+    int dir_fd = -1;
+    char name[NAME_MAX + 1];
+    struct stat st;
+    int e = locate_write_target(path, flags & FWRITE_PARENTS, &dir_fd, name, &st);
+    if (e)
+        return send_path_error(channel, e, "write", path);
+    if (st.st_mode != 0 && !S_ISREG(st.st_mode)) {
+        close(dir_fd);
+        return send_error(channel, S_ISDIR(st.st_mode) ? EISDIR : EINVAL,
+                          "write %s: %s, not a regular file (refused)", path, type_name(st.st_mode));
+    }
+    struct fileop *op = new_fileop(channel, FOP_WRITE);
+    if (!op) {
+        close(dir_fd);
+        return;
+    }
+    op->dir_fd = dir_fd;
+    op->max = max;
+    op->mode = (flags & FWRITE_KEEP_MODE) && S_ISREG(st.st_mode) ? (st.st_mode & 0777) : (mode_t)mode;
+    memcpy(op->name, name, sizeof op->name);
+    static uint32_t serial;
+    for (int attempt = 0; attempt < 64 && op->fd < 0; attempt++) {
+        snprintf(op->tmp, sizeof op->tmp, ".corral-write-%x-%x", (unsigned)now_us(), ++serial);
+        op->fd = openat(dir_fd, op->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY,
+                        0600);
+        if (op->fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (op->fd < 0) {
+        e = errno;
+        op->tmp[0] = '\0';
+        free_fileop(op);
+        return send_path_error(channel, e, "write", path);
+    }
+}
+
+static void fail_write(struct fileop *op, int e, const char *what)
+{
+    uint32_t channel = op->channel;
+    free_fileop(op); /* removes the temporary file */
+    send_error(channel, e, "write: %s: %s", what, strerror(e));
+}
+
+/* FILE_CHUNK: bytes for a write in progress. For an unknown channel (the write failed,
+ * and its ERROR is on the way to the host) the bytes are dropped. */
+static void handle_file_chunk(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    struct fileop *op = find_fileop(channel);
+    if (!op || op->kind != FOP_WRITE)
+        return;
+    if (op->done + len > op->max)
+        return fail_write(op, EFBIG, "over the size cap");
+    for (uint32_t off = 0; off < len;) {
+        ssize_t w = write(op->fd, p + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return fail_write(op, w < 0 ? errno : EIO, "writing");
+        off += (uint32_t)w;
+    }
+    op->done += len;
+}
+
+/* FILE_COMMIT: u64 total bytes sent. Set the mode, close, rename over the target. */
+static void handle_file_commit(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len != 8)
+        return mark_malformed();
+    struct fileop *op = find_fileop(channel);
+    if (!op || op->kind != FOP_WRITE)
+        return;
+    uint64_t total = get_u64(p);
+    if (total != op->done)
+        return fail_write(op, EIO, "the host's byte count does not match");
+    if (fchmod(op->fd, op->mode) < 0)
+        return fail_write(op, errno, "chmod");
+    int fd = op->fd;
+    op->fd = -1;
+    if (close(fd) < 0)
+        return fail_write(op, errno, "close");
+    if (renameat(op->dir_fd, op->tmp, op->dir_fd, op->name) < 0)
+        return fail_write(op, errno, "rename into place");
+    op->tmp[0] = '\0';
+    uint64_t done = op->done;
+    free_fileop(op);
+    send_file_done(channel, done);
+}
+
+/* FILE_CANCEL: stop a read or drop a write (its temporary file is removed). No answer. */
+static void handle_file_cancel(uint32_t channel, uint32_t len)
+{
+    if (len != 0)
+        return mark_malformed();
+    struct fileop *op = find_fileop(channel);
+    if (op)
+        free_fileop(op);
+}
+
+/* FILE_MKDIR: u32 flags (PARENTS), u32 mode, path -> FILE_DONE (1 created, 0 it was a
+ * directory already). */
+static void handle_file_mkdir(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 8)
+        return mark_malformed();
+    uint32_t flags = get_u32(p), mode = get_u32(p + 4);
+    char path[PATH_MAX], parent[PATH_MAX], name[NAME_MAX + 1];
+    if (!file_channel_ok(channel, "FILE_MKDIR") || !take_path(channel, p + 8, len - 8, path))
+        return;
+    if (flags & ~FMKDIR_PARENTS)
+        return send_error(channel, EINVAL, "unknown FILE_MKDIR flags 0x%x", flags);
+    if (mode & ~0777u)
+        return send_error(channel, EINVAL, "mode %o is outside 0777", mode);
+    if (strcmp(path, "/") == 0)
+        return send_file_done(channel, 0);
+    int e = split_path(path, parent, name);
+    if (e)
+        return send_path_error(channel, e, "mkdir", path);
+    int dir_fd = open_dir(parent, flags & FMKDIR_PARENTS);
+    if (dir_fd < 0)
+        return send_path_error(channel, errno, "mkdir", path);
+    if (mkdirat(dir_fd, name, 0700) == 0) {
+        /* The exact mode (whatever the umask) is set through a descriptor, never by name. */
+        int fd = open_beneath(dir_fd, name, O_RDONLY | O_DIRECTORY);
+        e = errno;
+        close(dir_fd);
+        if (fd < 0)
+            return send_path_error(channel, e, "mkdir", path);
+        if (fchmod(fd, (mode_t)mode) < 0) {
+            e = errno;
+            close(fd);
+            return send_path_error(channel, e, "chmod", path);
+        }
+        close(fd);
+        return send_file_done(channel, 1);
+    }
+    e = errno;
+    close(dir_fd);
+    if (e != EEXIST)
+        return send_path_error(channel, e, "mkdir", path);
+    /* Something is there: fine if it is a directory, or a symlink that leads to one. */
+    int fd = resolve_in_root(path, O_PATH | O_DIRECTORY);
+    if (fd < 0)
+        return send_error(channel, EEXIST, "mkdir %s: exists and is not a directory", path);
+    close(fd);
+    send_file_done(channel, 0);
+}
+
+/* Remove `name` in `dir_fd` and everything below it, never following a link nor entering
+ * another mount. Counts what it removed; returns 0 or an errno. */
+static int remove_tree(int dir_fd, const char *name, int level, uint64_t *count)
+{
+    if (unlinkat(dir_fd, name, 0) == 0) {
+        (*count)++;
+        return 0;
+    }
+    if (errno != EISDIR && errno != EPERM)
+        return errno;
+    if (unlinkat(dir_fd, name, AT_REMOVEDIR) == 0) {
+        (*count)++;
+        return 0;
+    }
+    if (errno != ENOTEMPTY && errno != EEXIST)
+        return errno;
+    if (level >= MAX_WALK_DEPTH)
+        return ELOOP;
+    int fd = open_beneath(dir_fd, name, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return errno;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
+    int e = 0;
+    struct dirent *ent;
+    while (!e && (ent = readdir(d)) != NULL) {
+        const char *n = ent->d_name;
+        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
+            continue;
+        e = remove_tree(dirfd(d), n, level + 1, count);
+        if (e == ENOENT)
+            e = 0; /* removed meanwhile */
+    }
+    closedir(d);
+    if (e)
+        return e;
+    if (unlinkat(dir_fd, name, AT_REMOVEDIR) < 0)
+        return errno;
+    (*count)++;
+    return 0;
+}
+
+static void send_remove_result(uint32_t channel, const char *path, int e, uint64_t count)
+{
+    if (e == ENOTEMPTY || e == EEXIST)
+        return send_error(channel, ENOTEMPTY, "remove %s: directory not empty (remove it recursively)",
+                          path);
+    if (e)
+        return send_path_error(channel, e, "remove", path);
+    send_file_done(channel, count);
+}
+
+/*
+ * A recursive remove of a large tree takes a while (about 14 ms per 1,000 entries), so
+ * it runs in a child, whose root and credentials are ours, while the loop goes on; the
+ * child reports u32 errno and u64 count on a pipe, which the loop polls (finish_remove).
+ * Returns 0 when the child took over, -1 when no process could be made (the sandbox's
+ * pids limit): then the caller removes the tree itself.
+ */
+static int remove_in_child(uint32_t channel, int dir_fd, const char *name, const char *path)
+{
+    struct fileop *op = new_fileop(channel, FOP_REMOVE);
+    if (!op)
+        return 0; /* EAGAIN was sent */
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        free_fileop(op);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint64_t count = 0;
+        int e = remove_tree(dir_fd, name, 0, &count);
+        unsigned char msg[12];
+        put_u32(msg, (uint32_t)e);
+        put_u64(msg + 4, count);
+        ssize_t ignored = write(pfd[1], msg, sizeof msg);
+        (void)ignored;
+        _exit(0);
+    }
+    close(pfd[1]);
+    if (pid < 0) {
+        close(pfd[0]);
+        free_fileop(op);
+        return -1;
+    }
+    fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+    op->fd = pfd[0];
+    snprintf(op->path, sizeof op->path, "%s", path);
+    return 0; /* the child is reaped like any orphan */
+}
+
+/* The remover's pipe is readable: its result, or EOF if it died (KILL_ALL). */
+static void finish_remove(struct fileop *op)
+{
+    unsigned char msg[12];
+    ssize_t n = read(op->fd, msg, sizeof msg);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    int e = n == (ssize_t)sizeof msg ? (int)get_u32(msg) : EIO;
+    uint64_t count = n == (ssize_t)sizeof msg ? get_u64(msg + 4) : 0;
+    uint32_t channel = op->channel;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", op->path);
+    free_fileop(op);
+    send_remove_result(channel, path, e, count);
+}
+
+/* FILE_REMOVE: u32 flags (RECURSIVE), path -> FILE_DONE (entries removed). A symlink is
+ * removed itself, not what it points to. */
+static void handle_file_remove(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 4)
+        return mark_malformed();
+    uint32_t flags = get_u32(p);
+    char path[PATH_MAX], parent[PATH_MAX], name[NAME_MAX + 1];
+    if (!file_channel_ok(channel, "FILE_REMOVE") || !take_path(channel, p + 4, len - 4, path))
+        return;
+    if (flags & ~FREMOVE_RECURSIVE)
+        return send_error(channel, EINVAL, "unknown FILE_REMOVE flags 0x%x", flags);
+    int e = split_path(path, parent, name);
+    if (e)
+        return send_error(channel, e, "remove %s: not a name that can be removed", path);
+    int dir_fd = open_dir(parent, 0);
+    if (dir_fd < 0)
+        return send_path_error(channel, errno, "remove", path);
+    uint64_t count = 0;
+    if (unlinkat(dir_fd, name, 0) == 0) {
+        count = 1;
+    } else if ((e = errno) == EISDIR || e == EPERM) {
+        /* unlink of a directory fails with EISDIR (EPERM on some filesystems): rmdir it,
+         * or, when it is not empty and that was asked for, everything below it first. */
+        if (unlinkat(dir_fd, name, AT_REMOVEDIR) == 0) {
+            e = 0;
+            count = 1;
+        } else if (errno != ENOTDIR) {
+            e = errno;
+            if ((e == ENOTEMPTY || e == EEXIST) && (flags & FREMOVE_RECURSIVE) &&
+                remove_in_child(channel, dir_fd, name, path) == 0) {
+                close(dir_fd);
+                return;
+            }
+            if ((e == ENOTEMPTY || e == EEXIST) && (flags & FREMOVE_RECURSIVE))
+                e = remove_tree(dir_fd, name, 0, &count);
+        }
+    }
+    close(dir_fd);
+    send_remove_result(channel, path, e, count);
+}
+
+/* FILE_RENAME: u32 flags (NOREPLACE), u16 source length, source, destination -> FILE_DONE. */
+static void handle_file_rename(uint32_t channel, const unsigned char *p, uint32_t len)
+{
+    if (len < 6)
+        return mark_malformed();
+    uint32_t flags = get_u32(p);
+    uint16_t slen = get_u16(p + 4);
+    if ((uint32_t)6 + slen > len)
+        return mark_malformed();
+    char from[PATH_MAX], to[PATH_MAX], fparent[PATH_MAX], tparent[PATH_MAX];
+    char fname[NAME_MAX + 1], tname[NAME_MAX + 1];
+    if (!file_channel_ok(channel, "FILE_RENAME") || !take_path(channel, p + 6, slen, from) ||
+        !take_path(channel, p + 6 + slen, len - 6 - slen, to))
+        return;
+    if (flags & ~FRENAME_NOREPLACE)
+        return send_error(channel, EINVAL, "unknown FILE_RENAME flags 0x%x", flags);
+    int e = split_path(from, fparent, fname);
+    if (!e)
+        e = split_path(to, tparent, tname);
+    if (e)
+        return send_error(channel, e, "rename %s to %s: not names that can be renamed", from, to);
+    int ffd = open_dir(fparent, 0);
+    if (ffd < 0)
+        return send_path_error(channel, errno, "rename", from);
+    int tfd = open_dir(tparent, 0);
+    if (tfd < 0) {
+        e = errno;
+        close(ffd);
+        return send_path_error(channel, e, "rename to", to);
+    }
+    int r = renameat2(ffd, fname, tfd, tname, flags & FRENAME_NOREPLACE ? RENAME_NOREPLACE : 0);
+    e = errno;
+    close(ffd);
+    close(tfd);
+    if (r < 0)
+        return send_path_error(channel, e, "rename", from);
+    send_file_done(channel, 0);
+}
+
+/* The connection is gone: its transfers end with it (unfinished writes leave nothing). */
+static void drop_fileops(void)
+{
+    for (int i = 0; i < MAX_FILE_OPS; i++)
+        if (fileops[i].used)
+            free_fileop(&fileops[i]);
+}
+
+/* In a forked child (a keeper): let go of the descriptors, leave the files alone. */
+static void close_fileop_fds(void)
+{
+    close_fd(&root_fd);
+    for (int i = 0; i < MAX_FILE_OPS; i++) {
+        if (fileops[i].used) {
+            close_fd(&fileops[i].fd);
+            close_fd(&fileops[i].dir_fd);
+        }
+    }
+}
+
 
 static void handle_frame(uint8_t type, uint32_t channel, const unsigned char *p, uint32_t len)
 {
@@ -1613,6 +2609,17 @@ static void handle_frame(uint8_t type, uint32_t channel, const unsigned char *p,
     case REQ_CTX_START: return handle_ctx_start(channel, p, len);
     case REQ_CTX_EXEC: return handle_ctx_exec(channel, p, len);
     case REQ_CTX_STOP: return handle_ctx_stop(channel, len);
+    case REQ_FILE_STAT: return handle_file_stat(channel, p, len);
+    case REQ_FILE_LIST: return handle_file_list(channel, p, len);
+    case REQ_FILE_READ: return handle_file_read(channel, p, len);
+    case REQ_FILE_CREDIT: return handle_file_credit(channel, p, len);
+    case REQ_FILE_WRITE: return handle_file_write(channel, p, len);
+    case REQ_FILE_CHUNK: return handle_file_chunk(channel, p, len);
+    case REQ_FILE_COMMIT: return handle_file_commit(channel, p, len);
+    case REQ_FILE_CANCEL: return handle_file_cancel(channel, len);
+    case REQ_FILE_MKDIR: return handle_file_mkdir(channel, p, len);
+    case REQ_FILE_REMOVE: return handle_file_remove(channel, p, len);
+    case REQ_FILE_RENAME: return handle_file_rename(channel, p, len);
     default: return send_error(channel, EINVAL, "unknown request type 0x%02x", type);
     }
 }
@@ -1672,7 +2679,7 @@ static void read_from_host(void)
 
 /* ------------------------------------------------------------- main loop */
 
-enum { PF_OUT, PF_ERR, PF_IN, PF_EVT };
+enum { PF_OUT, PF_ERR, PF_IN, PF_EVT, PF_REMOVER };
 
 /* Which process and stream each polled descriptor belongs to. */
 struct poll_meta {
@@ -1681,8 +2688,8 @@ struct poll_meta {
 
 static void event_loop(void)
 {
-    static struct pollfd pf[3 + 4 * MAX_PROCS];
-    static struct poll_meta meta[4 * MAX_PROCS];
+    static struct pollfd pf[3 + 4 * MAX_PROCS + MAX_FILE_OPS];
+    static struct poll_meta meta[4 * MAX_PROCS + MAX_FILE_OPS];
     for (;;) {
         finish_reaped();
         enforce_timeouts();
@@ -1694,9 +2701,13 @@ static void event_loop(void)
         pf[n++] = (struct pollfd){ .fd = LISTEN_FD, .events = POLLIN };
         pf[n++] = (struct pollfd){ .fd = sig_fd, .events = POLLIN };
         /* Flow control: while children's stdin is backed up, leave the host's frames in
-         * the socket (a negative fd is skipped by poll). */
-        int host = conn_fd >= 0 && stdin_buffered < STDIN_HIGH_WATER ? conn_fd : -1;
-        pf[n++] = (struct pollfd){ .fd = host, .events = POLLIN };
+         * the socket (a negative fd is skipped by poll). While a file read has credit,
+         * wait for room in the socket to send its next chunk. */
+        int host_in = conn_fd >= 0 && stdin_buffered < STDIN_HIGH_WATER;
+        int host_out = conn_fd >= 0 && reads_waiting();
+        short host_events = (short)((host_in ? POLLIN : 0) | (host_out ? POLLOUT : 0));
+        int host = host_events ? conn_fd : -1;
+        pf[n++] = (struct pollfd){ .fd = host, .events = host_events };
         int m = 0;
         for (int i = 0; i < MAX_PROCS; i++) {
             struct proc *p = &procs[i];
@@ -1710,6 +2721,12 @@ static void event_loop(void)
                 pf[n++] = (struct pollfd){ .fd = fds[k], .events = k == PF_IN ? POLLOUT : POLLIN };
             }
         }
+        for (int i = 0; i < MAX_FILE_OPS; i++) {
+            if (fileops[i].used && fileops[i].kind == FOP_REMOVE) {
+                meta[m++] = (struct poll_meta){ i, PF_REMOVER, fileops[i].fd };
+                pf[n++] = (struct pollfd){ .fd = fileops[i].fd, .events = POLLIN };
+            }
+        }
 
         int ready = poll(pf, (nfds_t)n, next_timeout_ms());
         if (ready < 0)
@@ -1721,6 +2738,12 @@ static void event_loop(void)
         for (int j = 0; j < m; j++) {
             if (!pf[3 + j].revents)
                 continue;
+            if (meta[j].kind == PF_REMOVER) {
+                struct fileop *op = &fileops[meta[j].slot];
+                if (op->used && op->kind == FOP_REMOVE && op->fd == meta[j].fd)
+                    finish_remove(op);
+                continue;
+            }
             struct proc *p = &procs[meta[j].slot];
             /* The fd may have been closed since poll (EPIPE, a write to the host that
              * failed...): act only if it is still the same descriptor. */
@@ -1733,7 +2756,9 @@ static void event_loop(void)
             else if (meta[j].kind == PF_EVT && p->evt_fd == meta[j].fd)
                 read_kernel_events(p);
         }
-        if (host >= 0 && pf[2].revents && !conn_failed && conn_fd == host)
+        if (host >= 0 && (pf[2].revents & POLLOUT) && !conn_failed && conn_fd == host)
+            pump_reads();
+        if (host >= 0 && host_in && (pf[2].revents & ~POLLOUT) && !conn_failed && conn_fd == host)
             read_from_host();
         if (pf[0].revents & POLLIN) {
             if (conn_failed)
@@ -1776,10 +2801,18 @@ static int run_supervisor(void)
     devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC); /* stdin of children without a pipe */
     if (devnull_fd < 0)
         return 2;
+    root_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0)
+        return 2;
+    for (int i = 0; i < MAX_FILE_OPS; i++)
+        fileops[i].fd = fileops[i].dir_fd = -1;
 
     /* On the host (tests) we are not PID 1: still collect orphans. */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
+    /* A write past RLIMIT_FSIZE (the sandbox's file size limit, which binds us too) must
+     * fail with EFBIG, not kill PID 1 and the sandbox with it. Children get SIG_DFL back. */
+    signal(SIGXFSZ, SIG_IGN);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
