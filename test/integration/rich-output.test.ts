@@ -68,6 +68,21 @@ describe("figures", () => {
   });
 });
 
+describe("files of figures", () => {
+  it("plt.savefig('/work/out.png') downloads byte-identical", async () => {
+    const r = await s.runCode(
+      "import hashlib\nplt.plot([1, 4, 9]); plt.savefig('/work/out.png'); plt.close('all')\nhashlib.sha256(open('/work/out.png', 'rb').read()).hexdigest()",
+    );
+    const inside = String(r.results[0]?.data["text/plain"]).replace(/'/g, "");
+    const { createHash } = await import("node:crypto");
+    const bytes = (await s.files.read("/work/out.png", { format: "bytes" })) as Uint8Array;
+    expect(createHash("sha256").update(bytes).digest("hex")).toBe(inside);
+    expect(Buffer.from(bytes).subarray(1, 4).toString()).toBe("PNG");
+    // Saved and closed: no figure is displayed besides.
+    expect(pngs(r.results)).toHaveLength(0);
+  });
+});
+
 describe("tables and rich objects", () => {
   it("df.head() as the last expression gives text/html and text/plain", async () => {
     const r = await s.runCode(
