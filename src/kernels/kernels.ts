@@ -38,7 +38,13 @@ export interface KernelDef {
   argv: string[];
   /** Sent at a call's deadline: SIGINT raises KeyboardInterrupt in Python. */
   interruptSignal: number;
-  encodeRequest(code: string, env: Readonly<Record<string, string>>): Buffer;
+  /**
+   * A call's request. `silent` (a warm-up by the warm pool) runs the code without
+   * counting it, keeping it in history or displaying anything.
+   */
+  encodeRequest(code: string, env: Readonly<Record<string, string>>, silent?: boolean): Buffer;
+  /** Code that exercises the kernel's paths once, so that the first real call is fast. */
+  warmupCode: string | null;
   decodeEvent(payload: Buffer): KernelEvent | null;
   decodeEnd(payload: Buffer): KernelEnd;
   /** Code that makes `envs` part of the running kernel's own environment. */
@@ -60,8 +66,12 @@ const python: KernelDef = {
   language: "python",
   argv: ["python3", `${KERNELS_DIR_IN_SANDBOX}/python.py`],
   interruptSignal: SIGINT,
-  encodeRequest(code, env) {
-    const body = Buffer.from(JSON.stringify({ code, env }), "utf8");
+  warmupCode: "print(end='')",
+  encodeRequest(code, env, silent) {
+    const body = Buffer.from(
+      JSON.stringify(silent ? { code, env, silent } : { code, env }),
+      "utf8",
+    );
     const head = Buffer.alloc(4);
     head.writeUInt32BE(body.length, 0);
     return Buffer.concat([head, body]);
@@ -112,6 +122,7 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 const shell: KernelDef = {
   language: "shell",
+  warmupCode: null,
   argv: ["bash", "--norc", "--noprofile", `${KERNELS_DIR_IN_SANDBOX}/shell.sh`],
   // bash ignores nothing useful on SIGINT in a loop: the sweeps end what the call started.
   interruptSignal: 0,

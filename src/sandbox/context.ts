@@ -64,6 +64,8 @@ export interface RunOptions {
   timeoutMs: number;
   /** The session's id for this call (exec-...); one is made if absent. */
   executionId?: string;
+  /** A warm-up: not counted, not kept in history, nothing displayed. */
+  silent?: boolean;
   envs?: Record<string, string>;
   outputCapBytes: number;
   onStdout?: (chunk: DecodedChunk) => void;
@@ -229,7 +231,7 @@ export class CodeContext {
 
   private async runNow(code: string, opts: RunOptions): Promise<Execution> {
     if (this.removed) throw new CorralError("not_found", `context ${this.id} was removed`);
-    const request = this.kernel.encodeRequest(code, opts.envs ?? {});
+    const request = this.kernel.encodeRequest(code, opts.envs ?? {}, opts.silent);
     const started = performance.now();
     const ch = await this.ensureKernel();
     // Contexts may run side by side: the window is the sandbox's, from this call's start.
@@ -350,6 +352,13 @@ export class CodeContext {
   /** Start the kernel now (a warm pool does, so that the first call need not wait). */
   async warm(): Promise<void> {
     await this.ensureKernel();
+    if (this.kernel.warmupCode !== null) {
+      await this.run(this.kernel.warmupCode, {
+        timeoutMs: 10_000,
+        outputCapBytes: 4096,
+        silent: true,
+      });
+    }
   }
 
   /**

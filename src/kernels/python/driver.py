@@ -146,7 +146,8 @@ def run(shell, request):
             pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _INT)
         try:
-            result = shell.run_cell(request["code"], store_history=True)
+            silent = request.get("silent") is True
+            result = shell.run_cell(request["code"], store_history=not silent, silent=silent)
             status = "ok" if result.success else "error"
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, _INT)
