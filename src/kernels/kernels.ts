@@ -6,7 +6,7 @@
 import { CorralError } from "../core/errors.js";
 import { KERNELS_DIR_IN_SANDBOX } from "../sandbox/runtime/oci-spec.js";
 
-export const CONTEXT_LANGUAGES = ["python", "shell"] as const;
+export const CONTEXT_LANGUAGES = ["python", "r", "shell"] as const;
 export type ContextLanguage = (typeof CONTEXT_LANGUAGES)[number];
 
 /** Jupyter's MIME bundle: mime type → content (base64 for binary types such as image/png). */
@@ -36,7 +36,10 @@ export interface KernelEnd {
 export interface KernelDef {
   language: ContextLanguage;
   argv: string[];
-  /** Sent at a call's deadline: SIGINT raises KeyboardInterrupt in Python. */
+  /**
+   * Sent at a call's deadline (0: none): SIGINT raises KeyboardInterrupt in Python, an
+   * `interrupt` condition in R.
+   */
   interruptSignal: number;
   encodeRequest(code: string, env: Readonly<Record<string, string>>): Buffer;
   decodeEvent(payload: Buffer): KernelEvent | null;
@@ -54,48 +57,77 @@ function parseJson(payload: Buffer): Record<string, unknown> | null {
   }
 }
 
+/** A request as the JSON kernels (Python, R) read it: u32 length, then {code, env}. */
+export function encodeJsonRequest(code: string, env: Readonly<Record<string, string>>): Buffer {
+  const body = Buffer.from(JSON.stringify({ code, env }), "utf8");
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(body.length, 0);
+  return Buffer.concat([head, body]);
+}
+
+/** An event of a JSON kernel; null for what it does not know (or cannot parse). */
+export function decodeJsonEvent(payload: Buffer): KernelEvent | null {
+  const m = parseJson(payload);
+  switch (m?.type) {
+    case "ready":
+      return { type: "ready" };
+    case "result":
+    case "display":
+      return {
+        type: m.type,
+        data: (m.data ?? {}) as MimeBundle,
+        metadata: (m.metadata ?? {}) as Record<string, unknown>,
+      };
+    case "error":
+      return {
+        type: "error",
+        error: {
+          ename: String(m.ename ?? "Error"),
+          evalue: String(m.evalue ?? ""),
+          traceback: Array.isArray(m.traceback) ? m.traceback.map(String) : [],
+        },
+      };
+    case "clear_output":
+      return { type: "clear_output", wait: m.wait === true };
+    default:
+      return null;
+  }
+}
+
+/** END of a JSON kernel: {"executionCount", "status"}. */
+export function decodeJsonEnd(payload: Buffer): KernelEnd {
+  const count = parseJson(payload)?.executionCount;
+  return { exitCode: null, executionCount: typeof count === "number" ? count : null };
+}
+
 const python: KernelDef = {
   language: "python",
   argv: ["python3", `${KERNELS_DIR_IN_SANDBOX}/python.py`],
   interruptSignal: SIGINT,
+  encodeRequest: encodeJsonRequest,
+  decodeEvent: decodeJsonEvent,
+  decodeEnd: decodeJsonEnd,
+};
+
+const r: KernelDef = {
+  language: "r",
+  // R itself rather than Rscript (which only rewrites its arguments into these and execs
+  // R): --vanilla reads no site or user profile and restores no workspace, --no-echo
+  // keeps the driver's own source out of stdout. The R shell script execs the binary,
+  // so the kernel's pid (which receives the interrupt) is R's.
+  argv: ["R", "--vanilla", "--quiet", "--no-echo", `--file=${KERNELS_DIR_IN_SANDBOX}/r.R`],
+  // R notes SIGINT and signals an `interrupt` condition at its next check; the driver
+  // catches it around the user's code.
+  interruptSignal: SIGINT,
   encodeRequest(code, env) {
-    const body = Buffer.from(JSON.stringify({ code, env }), "utf8");
-    const head = Buffer.alloc(4);
-    head.writeUInt32BE(body.length, 0);
-    return Buffer.concat([head, body]);
-  },
-  decodeEvent(payload) {
-    const m = parseJson(payload);
-    switch (m?.type) {
-      case "ready":
-        return { type: "ready" };
-      case "result":
-      case "display":
-        return {
-          type: m.type,
-          data: (m.data ?? {}) as MimeBundle,
-          metadata: (m.metadata ?? {}) as Record<string, unknown>,
-        };
-      case "error":
-        return {
-          type: "error",
-          error: {
-            ename: String(m.ename ?? "Error"),
-            evalue: String(m.evalue ?? ""),
-            traceback: Array.isArray(m.traceback) ? m.traceback.map(String) : [],
-          },
-        };
-      case "clear_output":
-        return { type: "clear_output", wait: m.wait === true };
-      default:
-        return null;
+    // An R string cannot hold NUL: refuse it here with a clear message.
+    if (code.includes("\0")) {
+      throw new CorralError("invalid_argument", "R code cannot contain a NUL byte");
     }
+    return encodeJsonRequest(code, env);
   },
-  decodeEnd(payload) {
-    const m = parseJson(payload);
-    const count = m?.executionCount;
-    return { exitCode: null, executionCount: typeof count === "number" ? count : null };
-  },
+  decodeEvent: decodeJsonEvent,
+  decodeEnd: decodeJsonEnd,
 };
 
 /** A shell word that bash reads back as exactly `s`. */
@@ -136,7 +168,7 @@ const shell: KernelDef = {
   },
 };
 
-export const KERNELS: Record<ContextLanguage, KernelDef> = { python, shell };
+export const KERNELS: Record<ContextLanguage, KernelDef> = { python, r, shell };
 
 export function parseContextLanguage(text: string): ContextLanguage {
   const lower = text.toLowerCase();
