@@ -4,9 +4,10 @@
  * (src/kernels/<language>/driver.*) are mounted read-only at /.corral/kernels.
  */
 import { CorralError } from "../core/errors.js";
+import { SQL_DATABASE } from "../core/languages.js";
 import { KERNELS_DIR_IN_SANDBOX } from "../sandbox/runtime/oci-spec.js";
 
-export const CONTEXT_LANGUAGES = ["python", "r", "shell"] as const;
+export const CONTEXT_LANGUAGES = ["python", "r", "shell", "sql"] as const;
 export type ContextLanguage = (typeof CONTEXT_LANGUAGES)[number];
 
 /** Jupyter's MIME bundle: mime type → content (base64 for binary types such as image/png). */
@@ -33,12 +34,39 @@ export interface KernelEnd {
   executionCount: number | null;
 }
 
+/** What a context was created with that changes how its kernel starts. */
+export interface KernelOptions {
+  /** SQL: the database file the context's connection opens. */
+  database?: string;
+}
+
+/** A context's kernel options: SQL contexts name their database, no other language has one. */
+export function kernelOptions(
+  language: ContextLanguage,
+  database: string | undefined,
+): KernelOptions {
+  if (language !== "sql") {
+    if (database !== undefined) {
+      throw new CorralError("invalid_argument", `database is for SQL contexts, not ${language}`);
+    }
+    return {};
+  }
+  const db = database ?? SQL_DATABASE;
+  if (typeof db !== "string" || db.includes("\0") || (db !== ":memory:" && !db.startsWith("/"))) {
+    throw new CorralError(
+      "invalid_argument",
+      `database must be an absolute path or ":memory:", not ${JSON.stringify(db)}`,
+    );
+  }
+  return { database: db };
+}
+
 export interface KernelDef {
   language: ContextLanguage;
-  argv: string[];
+  argv(options: KernelOptions): string[];
   /**
    * Sent at a call's deadline (0: none): SIGINT raises KeyboardInterrupt in Python, an
-   * `interrupt` condition in R.
+   * `interrupt` condition in R, and stops the running statement in SQL.
    */
   interruptSignal: number;
   encodeRequest(code: string, env: Readonly<Record<string, string>>): Buffer;
@@ -57,7 +85,7 @@ function parseJson(payload: Buffer): Record<string, unknown> | null {
   }
 }
 
-/** A request as the JSON kernels (Python, R) read it: u32 length, then {code, env}. */
+/** A request as the JSON kernels (Python, R, SQL) read it: u32 length, then {code, env}. */
 export function encodeJsonRequest(code: string, env: Readonly<Record<string, string>>): Buffer {
   const body = Buffer.from(JSON.stringify({ code, env }), "utf8");
   const head = Buffer.alloc(4);
@@ -102,7 +130,7 @@ export function decodeJsonEnd(payload: Buffer): KernelEnd {
 
 const python: KernelDef = {
   language: "python",
-  argv: ["python3", `${KERNELS_DIR_IN_SANDBOX}/python.py`],
+  argv: () => ["python3", `${KERNELS_DIR_IN_SANDBOX}/python.py`],
   interruptSignal: SIGINT,
   encodeRequest: encodeJsonRequest,
   decodeEvent: decodeJsonEvent,
@@ -115,7 +143,7 @@ const r: KernelDef = {
   // R): --vanilla reads no site or user profile and restores no workspace, --no-echo
   // keeps the driver's own source out of stdout. The R shell script execs the binary,
   // so the kernel's pid (which receives the interrupt) is R's.
-  argv: ["R", "--vanilla", "--quiet", "--no-echo", `--file=${KERNELS_DIR_IN_SANDBOX}/r.R`],
+  argv: () => ["R", "--vanilla", "--quiet", "--no-echo", `--file=${KERNELS_DIR_IN_SANDBOX}/r.R`],
   // R notes SIGINT and signals an `interrupt` condition at its next check; the driver
   // catches it around the user's code.
   interruptSignal: SIGINT,
@@ -130,6 +158,21 @@ const r: KernelDef = {
   decodeEnd: decodeJsonEnd,
 };
 
+const sql: KernelDef = {
+  language: "sql",
+  argv: (options) => [
+    "python3",
+    `${KERNELS_DIR_IN_SANDBOX}/sql.py`,
+    options.database ?? SQL_DATABASE,
+  ],
+  // The driver's SIGINT handler calls sqlite3_interrupt(): the running statement stops
+  // with SQLITE_INTERRUPT and the connection stays usable.
+  interruptSignal: SIGINT,
+  encodeRequest: encodeJsonRequest,
+  decodeEvent: decodeJsonEvent,
+  decodeEnd: decodeJsonEnd,
+};
+
 /** A shell word that bash reads back as exactly `s`. */
 export function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
@@ -139,7 +182,7 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 const shell: KernelDef = {
   language: "shell",
-  argv: ["bash", "--norc", "--noprofile", `${KERNELS_DIR_IN_SANDBOX}/shell.sh`],
+  argv: () => ["bash", "--norc", "--noprofile", `${KERNELS_DIR_IN_SANDBOX}/shell.sh`],
   // bash ignores nothing useful on SIGINT in a loop: the sweeps end what the call started.
   interruptSignal: 0,
   encodeRequest(code, env) {
@@ -168,7 +211,7 @@ const shell: KernelDef = {
   },
 };
 
-export const KERNELS: Record<ContextLanguage, KernelDef> = { python, r, shell };
+export const KERNELS: Record<ContextLanguage, KernelDef> = { python, r, shell, sql };
 
 export function parseContextLanguage(text: string): ContextLanguage {
   const lower = text.toLowerCase();
@@ -177,6 +220,8 @@ export function parseContextLanguage(text: string): ContextLanguage {
     python3: "python",
     sh: "shell",
     bash: "shell",
+    sqlite: "sql",
+    sqlite3: "sql",
   };
   const lang = (CONTEXT_LANGUAGES as readonly string[]).includes(lower)
     ? (lower as ContextLanguage)

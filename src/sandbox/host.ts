@@ -83,6 +83,7 @@ export const KERNEL_DRIVERS: Record<string, string> = {
   "python.py": "src/kernels/python/driver.py",
   "r.R": "src/kernels/r/driver.R",
   "shell.sh": "src/kernels/shell/driver.sh",
+  "sql.py": "src/kernels/sql/driver.py",
 };
 
 /**

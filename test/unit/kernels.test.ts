@@ -5,6 +5,7 @@ import {
   decodeJsonEvent,
   encodeJsonRequest,
   KERNELS,
+  kernelOptions,
   parseContextLanguage,
   shellQuote,
 } from "../../src/kernels/kernels.js";
@@ -74,12 +75,12 @@ describe("python kernel frames", () => {
   });
 });
 
-describe("JSON kernels (Python, R) share one request and event format", () => {
+describe("JSON kernels (Python, R, SQL) share one request and event format", () => {
   it("every JSON kernel encodes the same request", () => {
     const env = { A: "é" };
     const want = encodeJsonRequest("x <- 1", env);
     expect(want.readUInt32BE(0)).toBe(want.length - 4);
-    for (const k of [KERNELS.python, KERNELS.r]) {
+    for (const k of [KERNELS.python, KERNELS.r, KERNELS.sql]) {
       expect(k.encodeRequest("x <- 1", env)).toEqual(want);
       expect(k.decodeEvent).toBe(decodeJsonEvent);
       expect(k.decodeEnd).toBe(decodeJsonEnd);
@@ -110,7 +111,7 @@ describe("JSON kernels (Python, R) share one request and event format", () => {
 describe("r kernel", () => {
   const r = KERNELS.r;
   it("runs the driver under R itself, with no profile, interrupted by SIGINT", () => {
-    expect(r.argv).toEqual([
+    expect(r.argv({})).toEqual([
       "R",
       "--vanilla",
       "--quiet",
@@ -143,13 +144,48 @@ describe("r kernel", () => {
   });
 });
 
+describe("sql kernel", () => {
+  const sql = KERNELS.sql;
+  it("opens /work/db.sqlite unless the context names another database", () => {
+    expect(sql.argv({})).toEqual(["python3", "/.corral/kernels/sql.py", "/work/db.sqlite"]);
+    expect(sql.argv({ database: "/work/other.sqlite" })).toEqual([
+      "python3",
+      "/.corral/kernels/sql.py",
+      "/work/other.sqlite",
+    ]);
+    expect(sql.interruptSignal).toBe(2);
+  });
+});
+
+describe("kernel options", () => {
+  it.each([
+    ["sql", undefined, { database: "/work/db.sqlite" }],
+    ["sql", "/work/other.sqlite", { database: "/work/other.sqlite" }],
+    ["sql", ":memory:", { database: ":memory:" }],
+    ["python", undefined, {}],
+    ["r", undefined, {}],
+  ] as const)("%s with database %j gives %j", (lang, db, want) => {
+    expect(kernelOptions(lang, db)).toEqual(want);
+  });
+  it.each([
+    ["sql", "db.sqlite", /^database must be an absolute path or ":memory:", not "db.sqlite"$/],
+    ["sql", "", /^database must be an absolute path/],
+    ["sql", "/work/a\0b", /^database must be an absolute path/],
+    ["r", "/work/db.sqlite", /^database is for SQL contexts, not r$/],
+  ] as const)("%s with database %j is refused", (lang, db, message) => {
+    expect(() => kernelOptions(lang, db)).toThrow(message);
+  });
+});
+
 describe("context languages", () => {
   it("accepts names and aliases, refuses others in one line", () => {
     expect(parseContextLanguage("Python")).toBe("python");
     expect(parseContextLanguage("bash")).toBe("shell");
     expect(parseContextLanguage("R")).toBe("r");
+    expect(parseContextLanguage("sqlite")).toBe("sql");
+    expect(parseContextLanguage("SQL")).toBe("sql");
     expect(() => parseContextLanguage("cobol")).toThrow(
-      /^unknown context language "cobol": expected one of python, r, shell$/,
+      /^unknown context language "cobol": expected one of python, r, shell, sql$/,
     );
   });
 });
