@@ -200,7 +200,7 @@ describe("R context", () => {
     expect(mid.results).toEqual([]);
   });
 
-  it("install.packages fails within seconds with an error about the network", async () => {
+  it("install.packages from a repository fails within seconds with a network error; from a file it works", async () => {
     const t0 = performance.now();
     const r = await s.runCode("install.packages('data.table')", { ...R, timeoutMs: 30_000 });
     expect(performance.now() - t0).toBeLessThan(5000);
@@ -210,6 +210,22 @@ describe("R context", () => {
       /^cannot reach the package repository https:\/\/cloud\.r-project\.org\S* \(.*\): this sandbox has no network access/,
     );
     expect(r.error?.traceback).toContain('1: install.packages("data.table")');
+    // A package from a file in the sandbox installs and loads.
+    const made = await s.commands.run(
+      [
+        "mkdir -p /tmp/pkg/corralpkg/R && cd /tmp/pkg/corralpkg",
+        "printf 'Package: corralpkg\\nVersion: 1.0\\nTitle: T\\nDescription: D.\\nLicense: MIT\\nAuthor: a\\nMaintainer: a <a@b.c>\\n' > DESCRIPTION",
+        "echo 'export(answer)' > NAMESPACE && echo 'answer <- function() 42' > R/a.R",
+        "cd /tmp/pkg && tar czf /work/corralpkg_1.0.tar.gz corralpkg",
+      ].join(" && "),
+    );
+    expect(made.exitCode).toBe(0);
+    const local = await s.runCode(
+      "install.packages('/work/corralpkg_1.0.tar.gz', repos = NULL, type = 'source')\nlibrary(corralpkg)\nanswer()",
+      { ...R, timeoutMs: 60_000 },
+    );
+    expect(local.error).toBeNull();
+    expect(local.stdout.text).toMatch(/\[1\] 42\n$/);
   });
 
   it("per-call envs hold for that call only", async () => {
