@@ -4,9 +4,10 @@
  * (src/kernels/<language>/driver.*) are mounted read-only at /.corral/kernels.
  */
 import { CorralError } from "../core/errors.js";
+import { SQL_DATABASE } from "../core/languages.js";
 import { KERNELS_DIR_IN_SANDBOX } from "../sandbox/runtime/oci-spec.js";
 
-export const CONTEXT_LANGUAGES = ["python", "shell"] as const;
+export const CONTEXT_LANGUAGES = ["python", "r", "shell", "sql"] as const;
 export type ContextLanguage = (typeof CONTEXT_LANGUAGES)[number];
 
 /** Jupyter's MIME bundle: mime type → content (base64 for binary types such as image/png). */
@@ -33,22 +34,52 @@ export interface KernelEnd {
   executionCount: number | null;
 }
 
+/** What a context was created with that changes how its kernel starts. */
+export interface KernelOptions {
+  /** SQL: the database file the context's connection opens. */
+  database?: string;
+}
+
+/** A context's kernel options: SQL contexts name their database, no other language has one. */
+export function kernelOptions(
+  language: ContextLanguage,
+  database: string | undefined,
+): KernelOptions {
+  if (language !== "sql") {
+    if (database !== undefined) {
+      throw new CorralError("invalid_argument", `database is for SQL contexts, not ${language}`);
+    }
+    return {};
+  }
+  const db = database ?? SQL_DATABASE;
+  if (typeof db !== "string" || db.includes("\0") || (db !== ":memory:" && !db.startsWith("/"))) {
+    throw new CorralError(
+      "invalid_argument",
+      `database must be an absolute path or ":memory:", not ${JSON.stringify(db)}`,
+    );
+  }
+  return { database: db };
+}
+
 export interface KernelDef {
   language: ContextLanguage;
-  argv: string[];
-  /** Sent at a call's deadline: SIGINT raises KeyboardInterrupt in Python. */
+  argv(options: KernelOptions): string[];
+  /**
+   * Sent at a call's deadline (0: none): SIGINT raises KeyboardInterrupt in Python, an
+   * `interrupt` condition in R, and stops the running statement in SQL.
+   */
   interruptSignal: number;
   /**
    * A call's request. `silent` (a warm-up by the warm pool) runs the code without
    * counting it, keeping it in history or displaying anything.
    */
   encodeRequest(code: string, env: Readonly<Record<string, string>>, silent?: boolean): Buffer;
-  /** Code that exercises the kernel's paths once, so that the first real call is fast. */
-  warmupCode: string | null;
   decodeEvent(payload: Buffer): KernelEvent | null;
   decodeEnd(payload: Buffer): KernelEnd;
-  /** Code that makes `envs` part of the running kernel's own environment. */
-  setEnvCode(envs: Readonly<Record<string, string>>): string;
+  /** Code that exercises the kernel's paths once, so that the first real call is fast. */
+  warmupCode: string | null;
+  /** Code that makes `envs` part of the running kernel's own environment (null: none). */
+  setEnvCode(envs: Readonly<Record<string, string>>): string | null;
 }
 
 const SIGINT = 2;
@@ -62,55 +93,109 @@ function parseJson(payload: Buffer): Record<string, unknown> | null {
   }
 }
 
+/** A request as the JSON kernels (Python, R, SQL) read it: u32 length, then {code, env}. */
+export function encodeJsonRequest(
+  code: string,
+  env: Readonly<Record<string, string>>,
+  silent?: boolean,
+): Buffer {
+  const body = Buffer.from(JSON.stringify(silent ? { code, env, silent } : { code, env }), "utf8");
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(body.length, 0);
+  return Buffer.concat([head, body]);
+}
+
+/** An event of a JSON kernel; null for what it does not know (or cannot parse). */
+export function decodeJsonEvent(payload: Buffer): KernelEvent | null {
+  const m = parseJson(payload);
+  switch (m?.type) {
+    case "ready":
+      return { type: "ready" };
+    case "result":
+    case "display":
+      return {
+        type: m.type,
+        data: (m.data ?? {}) as MimeBundle,
+        metadata: (m.metadata ?? {}) as Record<string, unknown>,
+      };
+    case "error":
+      return {
+        type: "error",
+        error: {
+          ename: String(m.ename ?? "Error"),
+          evalue: String(m.evalue ?? ""),
+          traceback: Array.isArray(m.traceback) ? m.traceback.map(String) : [],
+        },
+      };
+    case "clear_output":
+      return { type: "clear_output", wait: m.wait === true };
+    default:
+      return null;
+  }
+}
+
+/** END of a JSON kernel: {"executionCount", "status"}. */
+export function decodeJsonEnd(payload: Buffer): KernelEnd {
+  const count = parseJson(payload)?.executionCount;
+  return { exitCode: null, executionCount: typeof count === "number" ? count : null };
+}
+
 const python: KernelDef = {
   language: "python",
-  argv: ["python3", `${KERNELS_DIR_IN_SANDBOX}/python.py`],
+  argv: () => ["python3", `${KERNELS_DIR_IN_SANDBOX}/python.py`],
   interruptSignal: SIGINT,
+  encodeRequest: encodeJsonRequest,
+  decodeEvent: decodeJsonEvent,
+  decodeEnd: decodeJsonEnd,
   warmupCode: "print(end='')",
-  encodeRequest(code, env, silent) {
-    const body = Buffer.from(
-      JSON.stringify(silent ? { code, env, silent } : { code, env }),
-      "utf8",
-    );
-    const head = Buffer.alloc(4);
-    head.writeUInt32BE(body.length, 0);
-    return Buffer.concat([head, body]);
-  },
-  decodeEvent(payload) {
-    const m = parseJson(payload);
-    switch (m?.type) {
-      case "ready":
-        return { type: "ready" };
-      case "result":
-      case "display":
-        return {
-          type: m.type,
-          data: (m.data ?? {}) as MimeBundle,
-          metadata: (m.metadata ?? {}) as Record<string, unknown>,
-        };
-      case "error":
-        return {
-          type: "error",
-          error: {
-            ename: String(m.ename ?? "Error"),
-            evalue: String(m.evalue ?? ""),
-            traceback: Array.isArray(m.traceback) ? m.traceback.map(String) : [],
-          },
-        };
-      case "clear_output":
-        return { type: "clear_output", wait: m.wait === true };
-      default:
-        return null;
-    }
-  },
   setEnvCode(envs) {
     return `import os as __corral_os\n__corral_os.environ.update(${JSON.stringify(envs)})\ndel __corral_os`;
   },
-  decodeEnd(payload) {
-    const m = parseJson(payload);
-    const count = m?.executionCount;
-    return { exitCode: null, executionCount: typeof count === "number" ? count : null };
+};
+
+const r: KernelDef = {
+  language: "r",
+  // R itself rather than Rscript (which only rewrites its arguments into these and execs
+  // R): --vanilla reads no site or user profile and restores no workspace, --no-echo
+  // keeps the driver's own source out of stdout. The R shell script execs the binary,
+  // so the kernel's pid (which receives the interrupt) is R's.
+  argv: () => ["R", "--vanilla", "--quiet", "--no-echo", `--file=${KERNELS_DIR_IN_SANDBOX}/r.R`],
+  // R notes SIGINT and signals an `interrupt` condition at its next check; the driver
+  // catches it around the user's code.
+  interruptSignal: SIGINT,
+  encodeRequest(code, env) {
+    // An R string cannot hold NUL: refuse it here with a clear message.
+    if (code.includes("\0")) {
+      throw new CorralError("invalid_argument", "R code cannot contain a NUL byte");
+    }
+    return encodeJsonRequest(code, env);
   },
+  decodeEvent: decodeJsonEvent,
+  decodeEnd: decodeJsonEnd,
+  warmupCode: null,
+  setEnvCode(envs) {
+    // JSON's string escapes are R's too; backquoted names take any variable name.
+    const args = Object.entries(envs).map(([k, v]) => `\`${k}\` = ${JSON.stringify(v)}`);
+    return args.length === 0 ? null : `invisible(Sys.setenv(${args.join(", ")}))`;
+  },
+};
+
+const sql: KernelDef = {
+  language: "sql",
+  argv: (options) => [
+    "python3",
+    `${KERNELS_DIR_IN_SANDBOX}/sql.py`,
+    options.database ?? SQL_DATABASE,
+  ],
+  // The driver's SIGINT handler calls sqlite3_interrupt(): the running statement stops
+  // with SQLITE_INTERRUPT and the connection stays usable.
+  interruptSignal: SIGINT,
+  encodeRequest: encodeJsonRequest,
+  decodeEvent: decodeJsonEvent,
+  decodeEnd: decodeJsonEnd,
+  warmupCode: null,
+  // The SQL driver runs no user programs: the environment is not its business.
+  setEnvCode: () => null,
 };
 
 /** A shell word that bash reads back as exactly `s`. */
@@ -122,8 +207,8 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 const shell: KernelDef = {
   language: "shell",
+  argv: () => ["bash", "--norc", "--noprofile", `${KERNELS_DIR_IN_SANDBOX}/shell.sh`],
   warmupCode: null,
-  argv: ["bash", "--norc", "--noprofile", `${KERNELS_DIR_IN_SANDBOX}/shell.sh`],
   // bash ignores nothing useful on SIGINT in a loop: the sweeps end what the call started.
   interruptSignal: 0,
   encodeRequest(code, env) {
@@ -162,7 +247,7 @@ const shell: KernelDef = {
   },
 };
 
-export const KERNELS: Record<ContextLanguage, KernelDef> = { python, shell };
+export const KERNELS: Record<ContextLanguage, KernelDef> = { python, r, shell, sql };
 
 export function parseContextLanguage(text: string): ContextLanguage {
   const lower = text.toLowerCase();
@@ -171,6 +256,8 @@ export function parseContextLanguage(text: string): ContextLanguage {
     python3: "python",
     sh: "shell",
     bash: "shell",
+    sqlite: "sql",
+    sqlite3: "sql",
   };
   const lang = (CONTEXT_LANGUAGES as readonly string[]).includes(lower)
     ? (lower as ContextLanguage)

@@ -1,8 +1,8 @@
 /**
- * A code context: one stateful kernel (Python, shell) inside a session's sandbox. Its
- * kernel starts on first use, runs one call at a time (later calls wait their turn, in
- * order), and is replaced by a fresh one after it dies: the caller is told that the
- * state was lost, and the next call gets a new kernel.
+ * A code context: one stateful kernel (Python, R, shell, SQL) inside a session's
+ * sandbox. Its kernel starts on first use, runs one call at a time (later calls wait
+ * their turn, in order), and is replaced by a fresh one after it dies: the caller is
+ * told that the state was lost, and the next call gets a new kernel.
  */
 import { randomBytes } from "node:crypto";
 import { asCorralError, CorralError } from "../core/errors.js";
@@ -12,6 +12,7 @@ import {
   KERNELS,
   type KernelDef,
   type KernelEnd,
+  type KernelOptions,
   type MimeBundle,
 } from "../kernels/kernels.js";
 import type { CallDone, ContextChannel, ExitInfo } from "../supervisor/client.js";
@@ -79,6 +80,8 @@ export interface ContextInfo {
   id: string;
   language: ContextLanguage;
   cwd: string;
+  /** SQL contexts: the database file their connection is on. */
+  database?: string;
 }
 
 /** The hooks a context needs from its session. */
@@ -138,13 +141,19 @@ export class CodeContext {
     readonly cwd: string,
     private readonly envs: Record<string, string>,
     id?: string,
+    private readonly options: KernelOptions = {},
   ) {
     this.id = id ?? newContextId();
     this.kernel = KERNELS[language];
   }
 
   info(): ContextInfo {
-    return { id: this.id, language: this.language, cwd: this.cwd };
+    return {
+      id: this.id,
+      language: this.language,
+      cwd: this.cwd,
+      ...(this.options.database !== undefined ? { database: this.options.database } : {}),
+    };
   }
 
   get kernelRunning(): boolean {
@@ -161,7 +170,7 @@ export class CodeContext {
         readyResolve = r;
       });
       const ch = this.host.sandbox.startContext({
-        argv: this.kernel.argv,
+        argv: this.kernel.argv(this.options),
         env: { ...this.host.env(), ...this.envs },
         cwd: this.cwd,
         interruptSignal: this.kernel.interruptSignal,
@@ -368,6 +377,7 @@ export class CodeContext {
   async setEnv(envs: Record<string, string>): Promise<void> {
     if (!this.channel) return;
     const code = this.kernel.setEnvCode(envs);
+    if (code === null) return;
     const r = await this.run(code, { timeoutMs: 10_000, outputCapBytes: 4096 });
     if (r.error || (r.exitCode !== null && r.exitCode !== 0)) {
       throw new CorralError("runtime_failed", `cannot set the environment of context ${this.id}`);

@@ -91,7 +91,9 @@ async function installSupervisor(dataDir: string): Promise<string> {
 /** The in-sandbox kernel drivers, by the file name they have under /.corral/kernels. */
 export const KERNEL_DRIVERS: Record<string, string> = {
   "python.py": "src/kernels/python/driver.py",
+  "r.R": "src/kernels/r/driver.R",
   "shell.sh": "src/kernels/shell/driver.sh",
+  "sql.py": "src/kernels/sql/driver.py",
 };
 
 /**

@@ -14,7 +14,7 @@ import { asCorralError, CorralError } from "../core/errors.js";
 import { parseMaxFileBytes } from "../core/files.js";
 import type { Limits } from "../core/limits.js";
 import type { ImageRef } from "../core/sandbox.js";
-import { type ContextLanguage, parseContextLanguage } from "../kernels/kernels.js";
+import { type ContextLanguage, kernelOptions, parseContextLanguage } from "../kernels/kernels.js";
 import {
   type CommandHandle,
   type CommandInfo,
@@ -330,7 +330,13 @@ export class Session {
   }
 
   createCodeContext(
-    opts: { language?: string; cwd?: string; envs?: Record<string, string> } = {},
+    opts: {
+      language?: string;
+      cwd?: string;
+      envs?: Record<string, string>;
+      /** SQL only: the database file (default /work/db.sqlite), or ":memory:". */
+      database?: string;
+    } = {},
   ): ContextInfo {
     this.requireLive();
     const language = parseContextLanguage(opts.language ?? "python");
@@ -342,6 +348,8 @@ export class Session {
       language,
       cwd,
       checkEnvs(opts.envs, "the context's envs"),
+      undefined,
+      kernelOptions(language, opts.database),
     );
     this.contexts.set(ctx.id, ctx);
     return ctx.info();
@@ -372,7 +380,14 @@ export class Session {
   private defaultContext(language: ContextLanguage): CodeContext {
     let ctx = this.defaults.get(language);
     if (!ctx) {
-      ctx = new CodeContext(this.contextHost(), language, this.workdir, {}, `default-${language}`);
+      ctx = new CodeContext(
+        this.contextHost(),
+        language,
+        this.workdir,
+        {},
+        `default-${language}`,
+        kernelOptions(language, undefined),
+      );
       this.defaults.set(language, ctx);
       this.contexts.set(ctx.id, ctx);
     }

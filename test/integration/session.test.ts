@@ -664,3 +664,16 @@ describe("packages inside a session", () => {
     await Promise.all([s.destroy(), other.destroy()]);
   });
 });
+
+describe("the kernels' own pipes", () => {
+  it("a program started by Python code inherits neither the request nor the event pipe", async () => {
+    const s = await session();
+    const r = await s.runCode(
+      "import os\nos.system('test -e /proc/self/fd/3 && echo three; test -e /proc/self/fd/4 && echo four; echo done')",
+    );
+    expect(r.stdout.text).toBe("done\n");
+    const bang = await s.runCode("!ls /proc/self/fd | tr '\\n' ' '");
+    expect(bang.stdout.text.trim()).toBe("0 1 2 3");
+    await s.destroy();
+  });
+});

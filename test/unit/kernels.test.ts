@@ -1,6 +1,14 @@
 import { execFileSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
-import { KERNELS, parseContextLanguage, shellQuote } from "../../src/kernels/kernels.js";
+import {
+  decodeJsonEnd,
+  decodeJsonEvent,
+  encodeJsonRequest,
+  KERNELS,
+  kernelOptions,
+  parseContextLanguage,
+  shellQuote,
+} from "../../src/kernels/kernels.js";
 import {
   DONE_KERNEL_LOST,
   DONE_SANDBOX_KILLED,
@@ -67,12 +75,117 @@ describe("python kernel frames", () => {
   });
 });
 
+describe("JSON kernels (Python, R, SQL) share one request and event format", () => {
+  it("every JSON kernel encodes the same request", () => {
+    const env = { A: "é" };
+    const want = encodeJsonRequest("x <- 1", env);
+    expect(want.readUInt32BE(0)).toBe(want.length - 4);
+    for (const k of [KERNELS.python, KERNELS.r, KERNELS.sql]) {
+      expect(k.encodeRequest("x <- 1", env)).toEqual(want);
+      expect(k.decodeEvent).toBe(decodeJsonEvent);
+      expect(k.decodeEnd).toBe(decodeJsonEnd);
+    }
+  });
+  it("keeps UTF-8 and a result set's numbers as they were sent", () => {
+    const payload = Buffer.from(
+      JSON.stringify({
+        type: "result",
+        data: {
+          "application/json": { columns: [{ name: "x", type: "REAL" }], rows: [[2.5], [10]] },
+          "text/plain": "thầu ao",
+        },
+        metadata: {},
+      }),
+    );
+    expect(decodeJsonEvent(payload)).toEqual({
+      type: "result",
+      data: {
+        "application/json": { columns: [{ name: "x", type: "REAL" }], rows: [[2.5], [10]] },
+        "text/plain": "thầu ao",
+      },
+      metadata: {},
+    });
+  });
+});
+
+describe("r kernel", () => {
+  const r = KERNELS.r;
+  it("runs the driver under R itself, with no profile, interrupted by SIGINT", () => {
+    expect(r.argv({})).toEqual([
+      "R",
+      "--vanilla",
+      "--quiet",
+      "--no-echo",
+      "--file=/.corral/kernels/r.R",
+    ]);
+    expect(r.interruptSignal).toBe(2);
+  });
+  it("refuses a NUL in the code (an R string cannot hold one)", () => {
+    expect(() => r.encodeRequest("cat('a\0b')", {})).toThrow(/^R code cannot contain a NUL byte$/);
+  });
+  it("decodes an R error with its call and frames", () => {
+    const ev = r.decodeEvent(
+      Buffer.from(
+        '{"type":"error","ename":"simpleError","evalue":"boom","traceback":["Error in f() : boom","1: f()"]}',
+      ),
+    );
+    expect(ev).toEqual({
+      type: "error",
+      error: {
+        ename: "simpleError",
+        evalue: "boom",
+        traceback: ["Error in f() : boom", "1: f()"],
+      },
+    });
+    expect(r.decodeEnd(Buffer.from('{"executionCount":2,"status":"ok"}'))).toEqual({
+      exitCode: null,
+      executionCount: 2,
+    });
+  });
+});
+
+describe("sql kernel", () => {
+  const sql = KERNELS.sql;
+  it("opens /work/db.sqlite unless the context names another database", () => {
+    expect(sql.argv({})).toEqual(["python3", "/.corral/kernels/sql.py", "/work/db.sqlite"]);
+    expect(sql.argv({ database: "/work/other.sqlite" })).toEqual([
+      "python3",
+      "/.corral/kernels/sql.py",
+      "/work/other.sqlite",
+    ]);
+    expect(sql.interruptSignal).toBe(2);
+  });
+});
+
+describe("kernel options", () => {
+  it.each([
+    ["sql", undefined, { database: "/work/db.sqlite" }],
+    ["sql", "/work/other.sqlite", { database: "/work/other.sqlite" }],
+    ["sql", ":memory:", { database: ":memory:" }],
+    ["python", undefined, {}],
+    ["r", undefined, {}],
+  ] as const)("%s with database %j gives %j", (lang, db, want) => {
+    expect(kernelOptions(lang, db)).toEqual(want);
+  });
+  it.each([
+    ["sql", "db.sqlite", /^database must be an absolute path or ":memory:", not "db.sqlite"$/],
+    ["sql", "", /^database must be an absolute path/],
+    ["sql", "/work/a\0b", /^database must be an absolute path/],
+    ["r", "/work/db.sqlite", /^database is for SQL contexts, not r$/],
+  ] as const)("%s with database %j is refused", (lang, db, message) => {
+    expect(() => kernelOptions(lang, db)).toThrow(message);
+  });
+});
+
 describe("context languages", () => {
   it("accepts names and aliases, refuses others in one line", () => {
     expect(parseContextLanguage("Python")).toBe("python");
     expect(parseContextLanguage("bash")).toBe("shell");
+    expect(parseContextLanguage("R")).toBe("r");
+    expect(parseContextLanguage("sqlite")).toBe("sql");
+    expect(parseContextLanguage("SQL")).toBe("sql");
     expect(() => parseContextLanguage("cobol")).toThrow(
-      /^unknown context language "cobol": expected one of python, shell$/,
+      /^unknown context language "cobol": expected one of python, r, shell, sql$/,
     );
   });
 });

@@ -169,6 +169,10 @@ def run(shell, request):
 
 def main():
     signal.pthread_sigmask(signal.SIG_BLOCK, _INT)
+    # The request and event pipes are the driver's alone: a program the code starts
+    # (os.system, `!cmd`) must not inherit them and forge frames or read requests.
+    os.set_inheritable(REQ_FD, False)
+    os.set_inheritable(EVT_FD, False)
     # Unbuffered text streams on the real pipes: output streams as it is written.
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", write_through=True)
