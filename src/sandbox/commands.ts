@@ -15,6 +15,8 @@ export interface CommandOptions {
   envs?: Record<string, string>;
   /** Killed after this long (default 60 s); 0: no timeout (the session's deadline holds). */
   timeoutMs?: number;
+  /** The same as `timeoutMs`; ms. */
+  timeout?: number;
   /**
    * Bytes for stdin (then end of file), or `true` to keep stdin open for `sendStdin`
    * (background commands); otherwise stdin is /dev/null.

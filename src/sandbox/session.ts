@@ -98,10 +98,25 @@ function checkTimes(options: Pick<SessionOptions, "timeoutMs" | "idleTtlMs">): v
 /** Node's timers hold 32-bit milliseconds: a longer delay would fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-export interface RunCodeOptions extends Partial<Omit<RunOptions, "outputCapBytes">> {
+export interface RunCodeOptions
+  extends Partial<Omit<RunOptions, "outputCapBytes" | "executionId" | "silent">> {
   /** A context id (from createCodeContext); else the session's default for the language. */
   context?: string;
   language?: string;
+  /** The same as `timeoutMs` (the issue's and Jupyter users' name); ms. */
+  timeout?: number;
+}
+
+/** `timeoutMs`, or its alias `timeout`; both given and different is a mistake. */
+function callTimeout(opts: { timeoutMs?: number; timeout?: number }): number | undefined {
+  if (
+    opts.timeoutMs !== undefined &&
+    opts.timeout !== undefined &&
+    opts.timeoutMs !== opts.timeout
+  ) {
+    throw new CorralError("invalid_argument", "give timeoutMs or timeout, not both");
+  }
+  return opts.timeoutMs ?? opts.timeout;
 }
 
 export type { CommandHandle, CommandInfo, CommandOptions, CommandResult } from "./commands.js";
@@ -407,7 +422,7 @@ export class Session {
         `context ${ctx.id} runs ${ctx.language}, not ${parseContextLanguage(opts.language)}`,
       );
     }
-    const timeoutMs = opts.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    const timeoutMs = callTimeout(opts) ?? DEFAULT_CALL_TIMEOUT_MS;
     if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
       throw new CorralError(
         "invalid_argument",
@@ -479,7 +494,7 @@ export class Session {
         "a command is a string or a non-empty array of strings",
       );
     }
-    const timeoutMs = opts.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    const timeoutMs = callTimeout(opts) ?? DEFAULT_CALL_TIMEOUT_MS;
     if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
       throw new CorralError(
         "invalid_argument",

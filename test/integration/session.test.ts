@@ -677,3 +677,15 @@ describe("the kernels' own pipes", () => {
     await s.destroy();
   });
 });
+
+describe("option names", () => {
+  it("`timeout` is an alias of `timeoutMs` for calls and commands", async () => {
+    const s = await session();
+    const r = await s.runCode("import time; time.sleep(5)", { timeout: 500 });
+    expect(r.killed).toBe("timeout");
+    const c = await s.commands.run("sleep 5", { timeout: 300 });
+    expect(c.killed).toBe("timeout");
+    await expect(s.runCode("1", { timeout: 1000, timeoutMs: 2000 })).rejects.toThrow(/not both/);
+    await s.destroy();
+  });
+});
