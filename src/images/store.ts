@@ -12,6 +12,7 @@
  * of its archive, see import.ts). An image directory appears by an
  * atomic rename once complete, so a reader never sees half an image.
  */
+
 import { randomBytes } from "node:crypto";
 import {
   chmod,
@@ -28,6 +29,7 @@ import {
 import path from "node:path";
 import { z } from "zod";
 import { dataTag } from "../core/config.js";
+import { ensureDir } from "../core/dirs.js";
 import { CorralError } from "../core/errors.js";
 import { acquireLock } from "../core/lock.js";
 import { runCommand } from "../core/proc.js";
@@ -351,7 +353,7 @@ export async function removeImage(imageDir: string, ref: string): Promise<Stored
 
 /** Ensure `imageDir` exists and can be traversed by the sandboxes' ids (o+x). */
 export async function ensureImageDir(imageDir: string): Promise<void> {
-  await mkdir(imageDir, { recursive: true, mode: 0o711 });
+  await ensureDir(imageDir, "choose another --image-dir");
   const s = await stat(imageDir);
   if ((s.mode & 0o001) === 0) {
     await chmod(imageDir, (s.mode & 0o7777) | 0o001);

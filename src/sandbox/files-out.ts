@@ -5,10 +5,12 @@
  * whiteouts), skips files over the size cap, and refuses any name that would leave the
  * destination directory.
  */
+
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { lstat, mkdir, open, readdir } from "node:fs/promises";
 import path from "node:path";
+import { ensureDir } from "../core/dirs.js";
 import { CorralError } from "../core/errors.js";
 
 export interface ChangedFile {
@@ -41,7 +43,7 @@ export async function collectChangedFiles(
     return found; // nothing under /work was written
   }
   if (!top.isDirectory()) return found; // /work replaced by a link or file: nothing to take
-  if (options.outDir) await mkdir(options.outDir, { recursive: true });
+  if (options.outDir) await ensureDir(options.outDir, "choose another --out directory");
 
   const walk = async (rel: string): Promise<void> => {
     const entries = await readdir(path.join(upperWork, rel), { withFileTypes: true });

@@ -57,9 +57,9 @@ export async function checkTraversable(dir: string): Promise<void> {
   }
 }
 
-export async function ensureDir(dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o711 });
-}
+export { ensureDir } from "../core/dirs.js";
+
+import { ensureDir } from "../core/dirs.js";
 
 async function installSupervisor(dataDir: string): Promise<string> {
   const source = supervisorBinaryPath();
