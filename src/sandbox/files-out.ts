@@ -18,7 +18,7 @@ export interface ChangedFile {
   size: number;
   sha256?: string;
   copied: boolean;
-  skipped?: "too_large" | "unsafe_name";
+  skipped?: "too_large" | "unsafe_name" | "unchanged";
 }
 
 export const DEFAULT_FILE_CAP_BYTES = 256 * 1024 * 1024;
@@ -32,8 +32,17 @@ export function isSafeRelativePath(rel: string): boolean {
 
 export async function collectChangedFiles(
   upperWork: string,
-  options: { outDir?: string; fileCapBytes?: number } = {},
+  options: {
+    outDir?: string;
+    fileCapBytes?: number;
+    /**
+     * Files put in before the run, as `relpath\0sha256`: one the run left as it was is
+     * not the run's, so it is neither reported nor copied out.
+     */
+    unchanged?: ReadonlySet<string>;
+  } = {},
 ): Promise<ChangedFile[]> {
+  const unchangedPaths = new Set([...(options.unchanged ?? [])].map((k) => k.split("\0")[0]));
   const cap = options.fileCapBytes ?? DEFAULT_FILE_CAP_BYTES;
   const found: ChangedFile[] = [];
   let top: Awaited<ReturnType<typeof lstat>>;
@@ -54,6 +63,11 @@ export async function collectChangedFiles(
       if (entry.isDirectory()) {
         await walk(childRel);
       } else if (entry.isFile()) {
+        if (unchangedPaths.has(childRel)) {
+          // Hash first, copy only if the run changed it.
+          const seen = await takeFile(upperWork, childRel, cap, undefined);
+          if (options.unchanged?.has(`${childRel}\0${seen.sha256}`)) continue;
+        }
         found.push(await takeFile(upperWork, childRel, cap, options.outDir));
       }
       // symlinks, FIFOs, sockets, devices and whiteouts are not files to bring out

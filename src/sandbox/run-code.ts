@@ -151,19 +151,26 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
     await phases.time("stop", () => sandbox.stop(stopPhases));
     for (const [name, ms] of Object.entries(stopPhases.ms)) phases.ms[`stop.${name}`] = ms;
     // What was put in and left as it was is not a file the run made.
-    const unchangedInputs = new Set([
-      ...(req.inputs ?? []).map(
-        (i) => `${i.path}\0${createHash("sha256").update(i.data).digest("hex")}`,
-      ),
-      ...sandbox.copiedInputs.map((c) => `${c.path}\0${c.sha256}`),
-    ]);
-    const files = (
-      await phases.time("files", () =>
-        collectChangedFiles(sandbox.upperPath("work"), {
-          ...(req.outDir ? { outDir: req.outDir } : {}),
-        }),
-      )
-    ).filter((f) => !unchangedInputs.has(`/work/${f.path}\0${f.sha256}`));
+    // Keys relative to /work: inputs elsewhere are not in the walk anyway.
+    const relToWork = (p: string) => (p.startsWith("/work/") ? p.slice("/work/".length) : null);
+    const unchangedInputs = new Set(
+      [
+        ...(req.inputs ?? []).map((i) => ({
+          path: i.path,
+          sha256: createHash("sha256").update(i.data).digest("hex"),
+        })),
+        ...sandbox.copiedInputs,
+      ].flatMap((c) => {
+        const rel = relToWork(c.path);
+        return rel === null ? [] : [`${rel}\0${c.sha256}`];
+      }),
+    );
+    const files = await phases.time("files", () =>
+      collectChangedFiles(sandbox.upperPath("work"), {
+        ...(req.outDir ? { outDir: req.outDir } : {}),
+        unchanged: unchangedInputs,
+      }),
+    );
     const result: RunResult = {
       sandbox: sandbox.id,
       image: req.image.digest,

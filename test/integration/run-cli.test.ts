@@ -4,7 +4,14 @@
  * one static binary and nothing else: no shell, no libc, no Python.
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -166,6 +173,25 @@ describe("corral run -- ARGV in an image with only a static binary", () => {
     expect(j.files.map((f: { path: string }) => f.path)).toEqual(["note.txt"]);
     expect(readFileSync(path.join(out, "note.txt"), "utf8")).toBe("changed in the sandbox");
     expect(readFileSync(path.join(files, "note.txt"), "utf8")).toBe("from the host\n");
+    // What came in and stayed as it was is not copied out either.
+    expect(readdirSync(out)).toEqual(["note.txt"]);
+  });
+
+  it("a directory brought in and left alone: nothing reported, nothing copied out", async () => {
+    const out = path.join(dataDir, "out-untouched");
+    const r = await tiny([
+      "--json",
+      "--out",
+      out,
+      "--in",
+      path.join(files, "dir"),
+      "--",
+      "/tinybox",
+      "argv",
+    ]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).files).toEqual([]);
+    expect(existsSync(out) ? readdirSync(out) : []).toEqual([]);
   });
 });
 
