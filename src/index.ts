@@ -8,13 +8,17 @@
  *   await sbx.destroy();
  */
 import { type ConfigFlags, loadConfig } from "./core/config.js";
+import { CorralError } from "./core/errors.js";
 import { type LimitFlags, limitsFromFlags } from "./core/limits.js";
+import type { ChangeWindow } from "./sandbox/file-changes.js";
 import { openHost } from "./sandbox/host.js";
 import { loadImageRef } from "./sandbox/image-ref.js";
 import { Session } from "./sandbox/session.js";
+import { WarmPool } from "./sandbox/warm-pool.js";
 
-export { CorralError } from "./core/errors.js";
+export type { CommandHandle, CommandInfo } from "./sandbox/commands.js";
 export type { ExecEvent, Execution, RichResult } from "./sandbox/context.js";
+export type { ChangeWindow } from "./sandbox/file-changes.js";
 export type {
   EntryInfo,
   FileType,
@@ -23,6 +27,7 @@ export type {
   WriteInfo,
   WriteOptions,
 } from "./sandbox/files.js";
+export type { FileChange } from "./sandbox/layer-walk.js";
 export type {
   CommandOptions,
   CommandResult,
@@ -30,6 +35,7 @@ export type {
   SessionEndReason,
 } from "./sandbox/session.js";
 export { Session } from "./sandbox/session.js";
+export { CorralError };
 
 export interface CreateSandboxOptions extends ConfigFlags {
   /** Image name, key or digest (default "default"). */
@@ -46,11 +52,72 @@ export interface CreateSandboxOptions extends ConfigFlags {
   workdir?: string;
   /** The file API's size cap per file (default 100 MiB). */
   maxFileBytes?: number;
+  /** Called with each closed file-change window (created, modified, deleted paths). */
+  onFileChanges?: (window: ChangeWindow) => void;
+}
+
+const CONFIG_KEYS = ["dataDir", "imageDir", "runtime", "layerPool"] as const;
+const SANDBOX_KEYS = [
+  ...CONFIG_KEYS,
+  "image",
+  "limits",
+  "envs",
+  "metadata",
+  "timeoutMs",
+  "idleTtl",
+  "workdir",
+  "maxFileBytes",
+  "onFileChanges",
+];
+const LIMIT_KEYS = [
+  "mem",
+  "cpus",
+  "pids",
+  "disk",
+  "inodes",
+  "openFiles",
+  "fileSize",
+  "timeout",
+  "outputCap",
+  "ioReadBps",
+  "ioWriteBps",
+  "ioReadIops",
+  "ioWriteIops",
+];
+
+/**
+ * A misspelt option must not be ignored in silence (`{ memory: "1g" }` would leave the
+ * default 512 MiB): unknown keys are refused with the list of known ones.
+ */
+function checkKeys(obj: object, known: readonly string[], what: string): void {
+  for (const k of Object.keys(obj)) {
+    if (!known.includes(k)) {
+      throw new CorralError(
+        "invalid_argument",
+        `unknown ${what} key "${k}": expected one of ${known.join(", ")}`,
+      );
+    }
+  }
+}
+
+function checkLimitKeys(limits: LimitFlags | undefined): LimitFlags {
+  const l = limits ?? {};
+  checkKeys(l, LIMIT_KEYS, "limits");
+  for (const [k, v] of Object.entries(l)) {
+    if (typeof v !== "string" && typeof v !== "number") {
+      throw new CorralError(
+        "invalid_argument",
+        `limit ${k} must be a string such as "512m" or a number`,
+      );
+    }
+  }
+  return Object.fromEntries(Object.entries(l).map(([k, v]) => [k, String(v)])) as LimitFlags;
 }
 
 /** Create a live sandbox with stateful code contexts; `destroy()` ends it. */
 export async function createSandbox(options: CreateSandboxOptions = {}): Promise<Session> {
-  const limits = limitsFromFlags(options.limits ?? {});
+  checkKeys(options, SANDBOX_KEYS, "createSandbox options");
+  const limits = limitsFromFlags(checkLimitKeys(options.limits));
   const config = loadConfig(options);
   const host = await openHost(config);
   try {
@@ -64,6 +131,7 @@ export async function createSandbox(options: CreateSandboxOptions = {}): Promise
       ...(options.idleTtl !== undefined ? { idleTtlMs: options.idleTtl } : {}),
       ...(options.workdir !== undefined ? { workdir: options.workdir } : {}),
       ...(options.maxFileBytes !== undefined ? { maxFileBytes: options.maxFileBytes } : {}),
+      ...(options.onFileChanges ? { onFileChanges: options.onFileChanges } : {}),
       onEnd: () => host.close(),
     });
   } catch (err) {
@@ -76,25 +144,20 @@ export { poolKey, WarmPool, type WarmPoolSpec, type WarmPoolState } from "./sand
 
 /**
  * A warm pool for sandboxes of one shape (image, limits): `size` wait ready with a
- * running Python kernel; `take()` hands one out at once. Close it to destroy the rest.
+ * running Python kernel; `await pool.take()` hands one out at once. `await pool.close()`
+ * destroys those still waiting; sessions already handed out live on until they end.
  */
 export async function createWarmPool(
   options: ConfigFlags & { image?: string; limits?: LimitFlags; size: number },
-): Promise<{ pool: import("./sandbox/warm-pool.js").WarmPool; close(): Promise<void> }> {
-  const { WarmPool } = await import("./sandbox/warm-pool.js");
-  const limits = limitsFromFlags(options.limits ?? {});
+): Promise<WarmPool> {
+  checkKeys(options, [...CONFIG_KEYS, "image", "limits", "size"], "createWarmPool options");
+  const limits = limitsFromFlags(checkLimitKeys(options.limits));
   const config = loadConfig(options);
   const host = await openHost(config);
   try {
     const image = await loadImageRef(config, options.image ?? "default");
-    const pool = new WarmPool(host, { image, limits, size: options.size });
-    return {
-      pool,
-      close: async () => {
-        await pool.close();
-        host.close();
-      },
-    };
+    // The host (its event log) stays open while the pool or any session it gave runs.
+    return new WarmPool(host, { image, limits, size: options.size }, () => host.close());
   } catch (err) {
     host.close();
     throw err;

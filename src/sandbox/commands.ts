@@ -59,7 +59,7 @@ export interface CommandHandle {
   /** Resolves with the result once the command has exited (a non-zero status included). */
   wait(): Promise<CommandResult>;
   /** Signal the command's process group (default SIGKILL); false if it already exited. */
-  kill(signal?: number): boolean;
+  kill(signal?: number): Promise<boolean>;
   sendStdin(data: string | Buffer): void;
   closeStdin(): void;
   /** Stop this handle's callbacks; the command runs on. */
@@ -159,7 +159,7 @@ export class TrackedCommand {
       id: this.id,
       pid,
       wait: () => this.done,
-      kill: (signal = 9) => {
+      kill: async (signal = 9) => {
         if (!this.proc) return false;
         this.proc.signal(signal);
         return true;

@@ -73,12 +73,14 @@ export interface SessionOptions {
   onEnd?: (reason: SessionEndReason) => void;
   /** Made for a warm pool: its timers start at `adopt`. */
   pooled?: boolean;
+  /** Each closed file-change window, as its `files.changed` event is recorded. */
+  onFileChanges?: (window: ChangeWindow) => void;
 }
 
 /** What a caller brings when a pooled session is handed out to it. */
 export type AdoptOptions = Pick<
   SessionOptions,
-  "envs" | "metadata" | "timeoutMs" | "idleTtlMs" | "onEnd"
+  "envs" | "metadata" | "timeoutMs" | "idleTtlMs" | "onEnd" | "onFileChanges"
 >;
 
 function checkTimes(options: Pick<SessionOptions, "timeoutMs" | "idleTtlMs">): void {
@@ -168,7 +170,7 @@ export class Session {
     /** Start in the background: a handle once the program runs. */
     start: (cmd: string | string[], opts?: CommandOptions) => Promise<CommandHandle>;
     list: () => CommandInfo[];
-    kill: (pid: number, signal?: number) => boolean;
+    kill: (pid: number, signal?: number) => Promise<boolean>;
     connect: (pid: number, opts?: Pick<CommandOptions, "onStdout" | "onStderr">) => CommandHandle;
     sendStdin: (pid: number, data: string | Buffer) => void;
   };
@@ -185,7 +187,7 @@ export class Session {
     this.pooled = options.pooled === true;
     this.metadata = { ...(options.metadata ?? {}) };
     this.workdir = options.workdir ?? DEFAULT_WORKDIR;
-    this.changes = new FileChangeTracker(sandbox.upperPath(""), sandbox.spec.image.rootfs, (w) =>
+    this.changes = new FileChangeTracker(sandbox.upperPath(""), sandbox.spec.image.rootfs, (w) => {
       host.events.emit({
         principal: host.config.principal,
         sandbox: sandbox.id,
@@ -200,8 +202,13 @@ export class Session {
           truncated: w.truncated || w.changes.length > MAX_CHANGES_IN_EVENT,
         },
         outcome: "ok",
-      }),
-    );
+      });
+      try {
+        this.options.onFileChanges?.(w);
+      } catch {
+        // a caller's callback failing must not stop the walks
+      }
+    });
     this.commands = {
       run: ((cmd: string | string[], opts?: CommandOptions) =>
         opts?.background
@@ -587,10 +594,10 @@ export class Session {
   }
 
   /** Send a signal (default SIGKILL) to a running command's process group. */
-  private killCommand(pid: number, signal = 9): boolean {
+  private killCommand(pid: number, signal = 9): Promise<boolean> {
     this.requireLive();
     for (const t of this.commandsRunning) if (t.pid === pid) return t.handle({}).kill(signal);
-    return false;
+    return Promise.resolve(false);
   }
 
   /** Re-attach to a running command: what it printed so far, then what it prints next. */

@@ -10,6 +10,7 @@
 import { createHash } from "node:crypto";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { CorralError } from "../core/errors.js";
 import type { Limits } from "../core/limits.js";
 import type { ImageRef } from "../core/sandbox.js";
 import type { ContextLanguage } from "../kernels/kernels.js";
@@ -69,10 +70,17 @@ export class WarmPool {
   private gaveUp = false;
   private readonly stateFile: string;
 
+  /** Sessions handed out and not yet ended (the host stays open for them). */
+  private readonly live = new Set<Session>();
+  private releaseHost: (() => void) | null = null;
+
   constructor(
     private readonly host: Host,
     readonly spec: WarmPoolSpec,
+    /** Called once the pool is closed and every session it handed out has ended. */
+    onReleased?: () => void,
   ) {
+    this.releaseHost = onReleased ?? null;
     if (!Number.isInteger(spec.size) || spec.size < 0 || spec.size > MAX_POOL_SIZE) {
       throw new Error(`pool size must be a whole number in [0, ${MAX_POOL_SIZE}]`);
     }
@@ -142,7 +150,32 @@ export class WarmPool {
    * options), else a fresh one (a miss). Either way the pool refills behind it.
    */
   async take(opts: AdoptOptions = {}): Promise<Session> {
+    if (this.closed) throw new CorralError("invalid_argument", "the warm pool is closed");
     this.gaveUp = false;
+    const userOnEnd = opts.onEnd;
+    let session: Session | null = null;
+    opts = {
+      ...opts,
+      onEnd: (reason) => {
+        if (session) this.live.delete(session);
+        userOnEnd?.(reason);
+        this.maybeRelease();
+      },
+    };
+    session = await this.takeOne(opts);
+    if (session.endReason === null) this.live.add(session);
+    return session;
+  }
+
+  private maybeRelease(): void {
+    if (this.closed && this.live.size === 0 && this.releaseHost) {
+      const release = this.releaseHost;
+      this.releaseHost = null;
+      release();
+    }
+  }
+
+  private async takeOne(opts: AdoptOptions): Promise<Session> {
     while (this.ready.length > 0) {
       const s = this.ready.shift() as Session;
       if (s.endReason !== null || !s.sandbox.running) {
@@ -206,5 +239,6 @@ export class WarmPool {
     const waiting = this.ready.splice(0);
     await Promise.all(waiting.map((s) => s.destroy().catch(() => undefined)));
     rmSync(this.stateFile, { force: true });
+    this.maybeRelease();
   }
 }

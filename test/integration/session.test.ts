@@ -472,12 +472,13 @@ describe("background commands", () => {
     const again = s.commands.connect(srv.pid, { onStdout: (c) => replayed.push(c.text) });
     expect(replayed.join("")).toMatch(/Serving HTTP on 127\.0\.0\.1 port 8123/);
     expect(again.stdout).toBe(seen.join(""));
-    expect(srv.kill(15)).toBe(true);
+    expect(await srv.kill(15)).toBe(true);
     const res = await srv.wait();
     expect(res.exitCode).toBe(128 + 15);
     expect(res.killed).toBeNull();
     expect(s.commands.list()).toEqual([]);
-    expect(srv.kill()).toBe(false);
+    expect(await srv.kill()).toBe(false);
+    expect(await s.commands.kill(srv.pid)).toBe(false);
     expect(() => s.commands.connect(srv.pid)).toThrow(/no running command/);
     await s.destroy();
   });
@@ -570,7 +571,11 @@ describe("file changes (per window, not per call)", () => {
   });
 
   it("the layer is walked by itself after 1 s idle and at destroy; events name the window", async () => {
-    const s = await session();
+    const windows: string[][] = [];
+    const s = await session(
+      {},
+      { onFileChanges: (w) => windows.push(w.changes.map((c) => c.path)) },
+    );
     const id = s.id;
     const r1 = await s.commands.run("touch /work/one");
     const r2 = await s.commands.run("touch /work/two");
@@ -597,6 +602,8 @@ describe("file changes (per window, not per call)", () => {
     expect(last.executions).toEqual([r3.id]);
     expect(last.attribution).toBe("execution");
     expect(last.changes.map((c) => c.path)).toEqual(["/work/three"]);
+    // The caller's callback saw the same windows, as they closed.
+    expect(windows).toEqual([["/work/one", "/work/two"], ["/work/three"]]);
   });
 
   it("the walk is never redirected by a directory swapped for a symlink to /", async () => {
@@ -625,7 +632,7 @@ describe("file changes (per window, not per call)", () => {
       }
     }
     expect(sawLink).toBeGreaterThan(0);
-    swapper.kill();
+    await swapper.kill();
     await s.destroy();
   });
 });

@@ -79,6 +79,9 @@ def read_request():
 
 
 def make_shell():
+    # IPython's profile directory (startup notes, caches) is the kernel's, not the user's:
+    # keep it off the writable layer, in the sandbox's own /dev/shm.
+    os.environ.setdefault("IPYTHONDIR", "/dev/shm/.corral-ipython")
     from IPython.core.displayhook import DisplayHook
     from IPython.core.displaypub import DisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell
@@ -108,7 +111,14 @@ def make_shell():
         def clear_output(self, wait=False):
             send(EVENT, {"type": "clear_output", "wait": wait})
 
+    from traitlets.config import Config
+
+    # History stays in memory: a history.sqlite in the writable layer would be a file
+    # change of every call, and nothing reads it after the session.
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
     shell = InteractiveShell.instance(
+        config=config,
         displayhook_class=Hook, display_pub_class=Publisher, colors="NoColor", autocall=0
     )
 
