@@ -11,7 +11,8 @@ import { type ConfigFlags, loadConfig } from "./core/config.js";
 import { CorralError } from "./core/errors.js";
 import { type LimitFlags, limitsFromFlags } from "./core/limits.js";
 import type { ChangeWindow } from "./sandbox/file-changes.js";
-import { openHost } from "./sandbox/host.js";
+import { collectGarbage } from "./sandbox/gc.js";
+import { type Host, openHost } from "./sandbox/host.js";
 import { loadImageRef } from "./sandbox/image-ref.js";
 import { Session } from "./sandbox/session.js";
 import { WarmPool } from "./sandbox/warm-pool.js";
@@ -114,6 +115,23 @@ function checkLimitKeys(limits: LimitFlags | undefined): LimitFlags {
   return Object.fromEntries(Object.entries(l).map(([k, v]) => [k, String(v)])) as LimitFlags;
 }
 
+/**
+ * What dead owners left in a data directory (a process that crashed with live sandboxes)
+ * is removed once per process and data directory, as every `corral run` does.
+ */
+const collected = new Map<string, Promise<void>>();
+function collectOnce(host: Host): Promise<void> {
+  let p = collected.get(host.config.dataDir);
+  if (!p) {
+    p = collectGarbage(host, { dryRun: false }).then(
+      () => undefined,
+      () => undefined,
+    );
+    collected.set(host.config.dataDir, p);
+  }
+  return p;
+}
+
 /** Create a live sandbox with stateful code contexts; `destroy()` ends it. */
 export async function createSandbox(options: CreateSandboxOptions = {}): Promise<Session> {
   checkKeys(options, SANDBOX_KEYS, "createSandbox options");
@@ -121,6 +139,7 @@ export async function createSandbox(options: CreateSandboxOptions = {}): Promise
   const config = loadConfig(options);
   const host = await openHost(config);
   try {
+    await collectOnce(host);
     const image = await loadImageRef(config, options.image ?? "default");
     return await Session.create(host, {
       image,
@@ -155,6 +174,7 @@ export async function createWarmPool(
   const config = loadConfig(options);
   const host = await openHost(config);
   try {
+    await collectOnce(host);
     const image = await loadImageRef(config, options.image ?? "default");
     // The host (its event log) stays open while the pool or any session it gave runs.
     return new WarmPool(host, { image, limits, size: options.size }, () => host.close());

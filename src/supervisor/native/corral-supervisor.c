@@ -2923,6 +2923,13 @@ static int host_listen(int argc, char **argv)
     }
     /* Orphans below us (the container's init, once runc exits) become our children. */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    /* A sandbox lives no longer than the process that owns it: if the caller dies (a
+     * crash, SIGKILL) without destroying it, its death is our SIGTERM, which stops the
+     * sandbox (once runc has returned; until then the signal waits, blocked below). The
+     * caller's gc later removes the mounts and layer it left. A parent that died before
+     * the prctl took effect is caught by the getppid check. */
+    pid_t owner = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
     /* The caller's terminal signals (Ctrl-C) are for the caller, which then destroys the
      * sandbox; the shim must outlive it long enough to reap. */
     signal(SIGINT, SIG_IGN);
@@ -2938,6 +2945,8 @@ static int host_listen(int argc, char **argv)
     on_term.sa_handler = shim_on_term;
     sigemptyset(&on_term.sa_mask);
     sigaction(SIGTERM, &on_term, NULL);
+    if (getppid() != owner)
+        kill(getpid(), SIGTERM);
     pid_t runc = fork();
     if (runc < 0) {
         fprintf(stderr, "corral-supervisor: fork: %s\n", strerror(errno));
