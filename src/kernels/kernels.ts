@@ -107,7 +107,12 @@ export function encodeJsonRequest(
 
 /** An event of a JSON kernel; null for what it does not know (or cannot parse). */
 export function decodeJsonEvent(payload: Buffer): KernelEvent | null {
+  // Kernel frames come from the user's own process (code can write to fd 4): take only
+  // values of the expected types, and nothing that needs walking a nested structure.
   const m = parseJson(payload);
+  const text = (v: unknown, fallback: string) => (typeof v === "string" ? v : fallback);
+  const object = (v: unknown) =>
+    v !== null && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
   switch (m?.type) {
     case "ready":
       return { type: "ready" };
@@ -115,16 +120,18 @@ export function decodeJsonEvent(payload: Buffer): KernelEvent | null {
     case "display":
       return {
         type: m.type,
-        data: (m.data ?? {}) as MimeBundle,
-        metadata: (m.metadata ?? {}) as Record<string, unknown>,
+        data: object(m.data) as MimeBundle,
+        metadata: object(m.metadata),
       };
     case "error":
       return {
         type: "error",
         error: {
-          ename: String(m.ename ?? "Error"),
-          evalue: String(m.evalue ?? ""),
-          traceback: Array.isArray(m.traceback) ? m.traceback.map(String) : [],
+          ename: text(m.ename, "Error"),
+          evalue: text(m.evalue, ""),
+          traceback: Array.isArray(m.traceback)
+            ? m.traceback.filter((t): t is string => typeof t === "string")
+            : [],
         },
       };
     case "clear_output":

@@ -95,6 +95,9 @@ export interface ContextHost {
 }
 
 const KERNEL_START_TIMEOUT_MS = 60_000;
+/** Per call: rich outputs kept (beyond them, a marker says how many were dropped). */
+export const MAX_RESULTS = 1000;
+export const MAX_RESULT_BYTES = 64 * 1024 * 1024;
 
 export function newExecutionId(): string {
   return `exec-${randomBytes(6).toString("hex")}`;
@@ -250,6 +253,9 @@ export class CodeContext {
     const stderr = new CappedOutput(opts.outputCapBytes);
     const decoders = { stdout: new Utf8Stream(), stderr: new Utf8Stream() };
     const results: RichResult[] = [];
+    // Rich outputs are capped per call like the streams: in count and in bytes.
+    let resultBytes = 0;
+    const dropped = { count: 0, bytes: 0 };
     let error: ExecutionError | null = null;
     let end: KernelEnd | null = null;
     const stream = (name: "stdout" | "stderr", capped: CappedOutput, chunk: Buffer) => {
@@ -266,26 +272,39 @@ export class CodeContext {
         onStdout: (c) => stream("stdout", stdout, c),
         onStderr: (c) => stream("stderr", stderr, c),
         onMessage: (payload) => {
-          const body = payload.subarray(1);
-          if (payload[0] === 2) {
-            end = this.kernel.decodeEnd(body);
-            return;
-          }
-          const ev = this.kernel.decodeEvent(body);
-          if (ev?.type === "result" || ev?.type === "display") {
-            const result: RichResult = {
-              kind: ev.type,
-              data: ev.data,
-              metadata: ev.metadata,
-              isMainResult: ev.type === "result",
-            };
-            results.push(result);
-            opts.onResult?.(result);
-            opts.onEvent?.({ type: "result", result });
-          } else if (ev?.type === "error") {
-            error ??= ev.error;
-            opts.onError?.(ev.error);
-            opts.onEvent?.({ type: "error", error: ev.error });
+          // The frame comes from the user's own kernel process: nothing in it may break
+          // the host; what does not decode is dropped.
+          try {
+            const body = payload.subarray(1);
+            if (payload[0] === 2) {
+              end = this.kernel.decodeEnd(body);
+              return;
+            }
+            if (resultBytes + body.length > MAX_RESULT_BYTES || results.length >= MAX_RESULTS) {
+              dropped.count++;
+              dropped.bytes += body.length;
+              return;
+            }
+            const ev = this.kernel.decodeEvent(body);
+            if (ev?.type === "result" || ev?.type === "display") {
+              resultBytes += body.length;
+              const result: RichResult = {
+                kind: ev.type,
+                data: ev.data,
+                metadata: ev.metadata,
+                isMainResult: ev.type === "result",
+              };
+              results.push(result);
+              opts.onResult?.(result);
+              opts.onEvent?.({ type: "result", result });
+            } else if (ev?.type === "error") {
+              error ??= ev.error;
+              opts.onError?.(ev.error);
+              opts.onEvent?.({ type: "error", error: ev.error });
+            }
+          } catch {
+            dropped.count++;
+            dropped.bytes += payload.length;
           }
         },
       });
@@ -332,6 +351,19 @@ export class CodeContext {
       };
       opts.onError?.(error);
       opts.onEvent?.({ type: "error", error });
+    }
+    if (dropped.count > 0) {
+      const note: RichResult = {
+        kind: "display",
+        data: {
+          "text/plain": `[corral: ${dropped.count} more output(s), ${dropped.bytes} bytes, dropped: a call keeps at most ${MAX_RESULTS} outputs and ${MAX_RESULT_BYTES} bytes of them]`,
+        },
+        metadata: { corral: { dropped: dropped.count, droppedBytes: dropped.bytes } },
+        isMainResult: false,
+      };
+      results.push(note);
+      opts.onResult?.(note);
+      opts.onEvent?.({ type: "result", result: note });
     }
     const finalEnd = end as KernelEnd | null;
     const execution: Execution = {

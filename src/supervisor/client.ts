@@ -180,7 +180,22 @@ export class SupervisorClient {
         socket.destroy();
         return;
       }
-      for (const f of frames) this.dispatch(f);
+      for (const f of frames) {
+        try {
+          this.dispatch(f);
+        } catch (err) {
+          // A frame that does not decode (a short payload, a bad length) means the other
+          // end cannot be trusted any more: end the connection, never the host process.
+          this.failAll(
+            new CorralError(
+              "supervisor_failed",
+              `supervisor protocol error: frame 0x${f.type.toString(16)} on channel ${f.channel}: ${(err as Error).message}`,
+            ),
+          );
+          socket.destroy();
+          return;
+        }
+      }
     });
     socket.on("error", (err) =>
       this.failAll(

@@ -121,8 +121,13 @@ function encodeExecStrings(
   return Buffer.concat([head, cstring(req.cwd), ...req.argv.map(cstring), ...env.map(cstring)]);
 }
 
-function clampMs(ms: number): number {
-  return Math.max(0, Math.min(0xffffffff, Math.round(ms)));
+/**
+ * A timeout on the wire: whole ms, 0 meaning none. A positive fraction rounds up, never
+ * down to 0 (which would turn a 0.4 ms timeout into no timeout at all).
+ */
+export function clampMs(ms: number): number {
+  if (!(ms > 0)) return 0;
+  return Math.min(0xffffffff, Math.ceil(ms));
 }
 
 export function encodeSpawn(req: SpawnPayload): Buffer {

@@ -696,3 +696,38 @@ describe("option names", () => {
     await s.destroy();
   });
 });
+
+describe("hostile kernel output (the kernel is the user's own process)", () => {
+  it("a forged, deeply nested event frame is dropped; the host and the session go on", async () => {
+    const s = await session();
+    const r = await s.runCode(
+      [
+        "import os, struct",
+        `b = ('{"type":"error","ename":' + '[' * 200000 + ']' * 200000 + ',"evalue":"","traceback":[]}').encode()`,
+        "os.write(4, struct.pack('>IB', len(b), 1) + b)",
+        "print('still here')",
+      ].join("\n"),
+    );
+    expect(r.stdout.text).toBe("still here\n");
+    expect(r.error?.ename).toBe("Error");
+    expect((await s.runCode("1 + 1")).results[0]?.data["text/plain"]).toBe("2");
+    await s.destroy();
+  });
+
+  it("rich outputs are capped per call, with a marker saying what was dropped", async () => {
+    const s = await session({ memoryBytes: 1024 * MiB });
+    const r = await s.runCode(
+      "for i in range(12): display({'text/plain': 'x' * 8_000_000}, raw=True)",
+      { timeoutMs: 120_000 },
+    );
+    expect(r.error).toBeNull();
+    const kept = r.results.filter((x) => x.metadata.corral === undefined);
+    expect(kept.length).toBeGreaterThan(0);
+    expect(kept.length).toBeLessThan(12);
+    const marker = r.results.at(-1)!;
+    expect(marker.data["text/plain"]).toMatch(
+      /^\[corral: \d+ more output\(s\), \d+ bytes, dropped/,
+    );
+    await s.destroy();
+  });
+});

@@ -65,7 +65,7 @@ describe("python kernel frames", () => {
     ).toEqual({ type: "result", data: { "text/plain": "1" }, metadata: {} });
     expect(py.decodeEvent(Buffer.from('{"type":"error","ename":"E","evalue":1}'))).toEqual({
       type: "error",
-      error: { ename: "E", evalue: "1", traceback: [] },
+      error: { ename: "E", evalue: "", traceback: [] },
     });
     expect(py.decodeEvent(Buffer.from('{"type":"bogus"}'))).toBeNull();
     expect(py.decodeEvent(Buffer.from("not json"))).toBeNull();
@@ -206,5 +206,29 @@ describe("CTX_DONE", () => {
     p.writeUInt32BE(DONE_KERNEL_LOST, 0);
     expect(decodeCallDone(p).kernelLost).toBe(true);
     expect(() => decodeCallDone(Buffer.alloc(15))).toThrow(RangeError);
+  });
+});
+
+describe("hostile kernel frames", () => {
+  it("a deeply nested value where a string belongs is ignored, not walked", () => {
+    const deep = `{"type":"error","ename":${"[".repeat(200000)}${"]".repeat(200000)},"evalue":{"a":1},"traceback":[1,"t",[2]]}`;
+    expect(KERNELS.python.decodeEvent(Buffer.from(deep))).toEqual({
+      type: "error",
+      error: { ename: "Error", evalue: "", traceback: ["t"] },
+    });
+    expect(
+      KERNELS.python.decodeEvent(Buffer.from('{"type":"display","data":[1,2],"metadata":"x"}')),
+    ).toEqual({ type: "display", data: {}, metadata: {} });
+  });
+});
+
+describe("timeouts on the wire", () => {
+  it("round a positive fraction up, never to 0 (no timeout)", async () => {
+    const { clampMs } = await import("../../src/supervisor/protocol.js");
+    expect(clampMs(0.4)).toBe(1);
+    expect(clampMs(1.2)).toBe(2);
+    expect(clampMs(0)).toBe(0);
+    expect(clampMs(Number.NaN)).toBe(0);
+    expect(clampMs(1e12)).toBe(0xffffffff);
   });
 });
