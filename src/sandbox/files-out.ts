@@ -1,14 +1,20 @@
 /**
  * Files created or changed under /work, read from the overlay's upper directory after the
- * sandbox stopped (it lists exactly what the run wrote). The tree is attacker-made: this
- * walk never follows a symlink, copies only regular files (no FIFOs, devices or overlay
- * whiteouts), skips files over the size cap, and refuses any name that would leave the
- * destination directory.
+ * sandbox stopped (it lists exactly what the run wrote). The tree is attacker-made, so:
+ * - every directory is opened with O_DIRECTORY | O_NOFOLLOW relative to its parent's
+ *   open descriptor (through /proc/self/fd/N), and every file with O_NOFOLLOW the same
+ *   way, so neither a symlink nor a swapped path can lead the walk out of the layer;
+ * - names are handled as the bytes they are: a name that is not valid UTF-8 is reported
+ *   (escaped) and skipped, never decoded into a string that could alias another name;
+ * - only regular files are taken (no FIFOs, devices or whiteouts), each under the file
+ *   cap, all of them together under the total cap (the disk limit: sparse files cannot
+ *   make the host write more than the sandbox could hold), in a bounded depth;
+ * - nothing is written outside the destination directory.
  */
 
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { lstat, mkdir, open, readdir } from "node:fs/promises";
+import { type FileHandle, lstat, mkdir, open, readdir } from "node:fs/promises";
 import path from "node:path";
 import { ensureDir } from "../core/dirs.js";
 import { CorralError } from "../core/errors.js";
@@ -18,11 +24,13 @@ export interface ChangedFile {
   size: number;
   sha256?: string;
   copied: boolean;
-  skipped?: "too_large" | "unsafe_name" | "unchanged";
+  skipped?: "too_large" | "unsafe_name" | "unchanged" | "total_cap" | "too_deep";
 }
 
 export const DEFAULT_FILE_CAP_BYTES = 256 * 1024 * 1024;
 const MAX_FILES = 10_000;
+/** Deeper than this is not walked (and each level holds one descriptor). */
+export const MAX_DEPTH = 64;
 
 /** A name from the sandbox is safe if it is a plain relative path that stays inside. */
 export function isSafeRelativePath(rel: string): boolean {
@@ -30,11 +38,43 @@ export function isSafeRelativePath(rel: string): boolean {
   return rel.split("/").every((part) => part !== "" && part !== "." && part !== "..");
 }
 
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** A name as text, or null when its bytes are not UTF-8 (it is then escaped for reports). */
+export function nameOf(bytes: Buffer): string | null {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return null;
+  }
+}
+
+/** Bytes shown safely: printable ASCII as is, everything else as \xNN. */
+export function escapeName(bytes: Buffer): string {
+  let out = "";
+  for (const b of bytes)
+    out +=
+      b >= 0x20 && b < 0x7f && b !== 0x5c
+        ? String.fromCharCode(b)
+        : `\\x${b.toString(16).padStart(2, "0")}`;
+  return out;
+}
+
+const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+const FILE_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+/** A child of an open directory, as a path the kernel resolves from that descriptor. */
+function under(dir: FileHandle, name: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`/proc/self/fd/${dir.fd}/`), name]);
+}
+
 export async function collectChangedFiles(
   upperWork: string,
   options: {
     outDir?: string;
     fileCapBytes?: number;
+    /** All files together (default: unlimited; runs pass the disk limit). */
+    totalCapBytes?: number;
     /**
      * Files put in before the run, as `relpath\0sha256`: one the run left as it was is
      * not the run's, so it is neither reported nor copied out.
@@ -44,55 +84,91 @@ export async function collectChangedFiles(
 ): Promise<ChangedFile[]> {
   const unchangedPaths = new Set([...(options.unchanged ?? [])].map((k) => k.split("\0")[0]));
   const cap = options.fileCapBytes ?? DEFAULT_FILE_CAP_BYTES;
+  let budget = options.totalCapBytes ?? Number.POSITIVE_INFINITY;
   const found: ChangedFile[] = [];
-  let top: Awaited<ReturnType<typeof lstat>>;
+  let top: FileHandle;
   try {
-    top = await lstat(upperWork);
+    top = await open(upperWork, DIR_FLAGS);
   } catch {
-    return found; // nothing under /work was written
+    return found; // nothing under /work was written, or /work was replaced by a link
   }
-  if (!top.isDirectory()) return found; // /work replaced by a link or file: nothing to take
   if (options.outDir) await ensureDir(options.outDir, "choose another --out directory");
 
-  const walk = async (rel: string): Promise<void> => {
-    const entries = await readdir(path.join(upperWork, rel), { withFileTypes: true });
-    entries.sort((a, b) => (a.name < b.name ? -1 : 1));
+  const walk = async (dir: FileHandle, rel: string, depth: number): Promise<void> => {
+    const entries = await readdir(`/proc/self/fd/${dir.fd}`, {
+      withFileTypes: true,
+      encoding: "buffer",
+    });
+    entries.sort((a, b) => Buffer.compare(a.name, b.name));
     for (const entry of entries) {
       if (found.length >= MAX_FILES) return;
-      const childRel = rel === "" ? entry.name : `${rel}/${entry.name}`;
-      if (entry.isDirectory()) {
-        await walk(childRel);
-      } else if (entry.isFile()) {
-        if (unchangedPaths.has(childRel)) {
-          // Hash first, copy only if the run changed it.
-          const seen = await takeFile(upperWork, childRel, cap, undefined);
-          if (options.unchanged?.has(`${childRel}\0${seen.sha256}`)) continue;
-        }
-        found.push(await takeFile(upperWork, childRel, cap, options.outDir));
+      if (!entry.isDirectory() && !entry.isFile()) continue; // links, FIFOs, devices, whiteouts
+      const name = nameOf(entry.name);
+      const shown = name ?? escapeName(entry.name);
+      const childRel = rel === "" ? shown : `${rel}/${shown}`;
+      if (name === null || !isSafeRelativePath(childRel)) {
+        found.push({ path: childRel, size: 0, copied: false, skipped: "unsafe_name" });
+        continue;
       }
-      // symlinks, FIFOs, sockets, devices and whiteouts are not files to bring out
+      if (entry.isDirectory()) {
+        if (depth >= MAX_DEPTH) {
+          found.push({ path: childRel, size: 0, copied: false, skipped: "too_deep" });
+          continue;
+        }
+        let child: FileHandle;
+        try {
+          child = await open(under(dir, entry.name), DIR_FLAGS);
+        } catch {
+          continue; // swapped for a link meanwhile: not followed
+        }
+        try {
+          await walk(child, childRel, depth + 1);
+        } finally {
+          await child.close();
+        }
+        continue;
+      }
+      const at = under(dir, entry.name);
+      if (unchangedPaths.has(childRel)) {
+        // Hash first, copy only if the run changed it.
+        const seen = await takeFile(at, childRel, cap, Number.POSITIVE_INFINITY, undefined);
+        if (options.unchanged?.has(`${childRel}\0${seen.sha256}`)) continue;
+      }
+      const taken = await takeFile(at, childRel, cap, budget, options.outDir);
+      if (taken.copied || taken.sha256 !== undefined) budget -= taken.size;
+      found.push(taken);
     }
   };
-  await walk("");
+  try {
+    await walk(top, "", 0);
+  } finally {
+    await top.close();
+  }
   return found;
 }
 
 async function takeFile(
-  upperWork: string,
+  at: Buffer,
   rel: string,
   cap: number,
+  budget: number,
   outDir: string | undefined,
 ): Promise<ChangedFile> {
-  if (!isSafeRelativePath(rel))
+  let src: FileHandle;
+  try {
+    // O_NOFOLLOW + fstat: the file we read is the regular file we listed, not a
+    // swapped-in link; O_NONBLOCK: a FIFO swapped in cannot hang the open.
+    src = await open(at, FILE_FLAGS);
+  } catch {
     return { path: rel, size: 0, copied: false, skipped: "unsafe_name" };
-  // O_NOFOLLOW + fstat: the file we read is the regular file we listed, not a swapped-in link.
-  const src = await open(path.join(upperWork, rel), constants.O_RDONLY | constants.O_NOFOLLOW);
+  }
   try {
     const st = await src.stat();
     if (!st.isFile()) return { path: rel, size: 0, copied: false, skipped: "unsafe_name" };
     if (st.size > cap) return { path: rel, size: st.size, copied: false, skipped: "too_large" };
+    if (st.size > budget) return { path: rel, size: st.size, copied: false, skipped: "total_cap" };
     const hash = createHash("sha256");
-    let out: Awaited<ReturnType<typeof open>> | null = null;
+    let out: FileHandle | null = null;
     if (outDir) {
       const dest = path.join(outDir, rel);
       if (!dest.startsWith(path.resolve(outDir) + path.sep)) {
@@ -120,7 +196,9 @@ async function takeFile(
         const { bytesRead } = await src.read(buf, 0, buf.length, null);
         if (bytesRead === 0) break;
         total += bytesRead;
-        if (total > cap) throw new CorralError("invalid_argument", `file ${rel} grew past the cap`);
+        if (total > cap || total > budget) {
+          throw new CorralError("invalid_argument", `file ${rel} grew past the cap`);
+        }
         hash.update(buf.subarray(0, bytesRead));
         if (out) await out.write(buf, 0, bytesRead);
       }

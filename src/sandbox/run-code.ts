@@ -169,6 +169,8 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
       collectChangedFiles(sandbox.upperPath("work"), {
         ...(req.outDir ? { outDir: req.outDir } : {}),
         unchanged: unchangedInputs,
+        // The host never takes in more than the sandbox could hold (sparse files!).
+        totalCapBytes: req.limits.diskBytes,
       }),
     );
     const result: RunResult = {

@@ -79,3 +79,43 @@ describe("collectChangedFiles", () => {
     expect(await collectChangedFiles(path.join(root, "work"))).toEqual([]);
   });
 });
+
+describe("hostile names and shapes in the layer", () => {
+  it("a non-UTF-8 name cannot alias a link named U+FFFD: no host file is read", async () => {
+    const upper = tmp();
+    mkdirSync(Buffer.from([...Buffer.from(`${upper}/`), 0xff]) as unknown as string);
+    writeFileSync(
+      Buffer.from([...Buffer.from(`${upper}/`), 0xff, ...Buffer.from("/x")]) as unknown as string,
+      "mine",
+    );
+    symlinkSync("/etc", path.join(upper, "\ufffd"));
+    const out = path.join(tmp(), "out");
+    const files = await collectChangedFiles(upper, { outDir: out });
+    expect(files).toEqual([{ path: "\\xff", size: 0, copied: false, skipped: "unsafe_name" }]);
+    expect(existsSync(out) ? readdirSync(out) : []).toEqual([]);
+  });
+
+  it("walks no deeper than MAX_DEPTH", async () => {
+    const upper = tmp();
+    mkdirSync(path.join(upper, ...Array.from({ length: 70 }, () => "d")), { recursive: true });
+    writeFileSync(path.join(upper, "top.txt"), "t");
+    const files = await collectChangedFiles(upper, {});
+    expect(files.map((f) => f.skipped ?? f.path)).toEqual(["too_deep", "top.txt"]);
+    expect(files[0]?.path).toBe(Array.from({ length: 65 }, () => "d").join("/"));
+  });
+
+  it("the total cap bounds what is copied, sparse files included", async () => {
+    const upper = tmp();
+    for (const n of ["a", "b", "c"]) execFileSync("truncate", ["-s", "40M", path.join(upper, n)]);
+    const out = path.join(tmp(), "out");
+    const files = await collectChangedFiles(upper, {
+      outDir: out,
+      totalCapBytes: 100 * 1024 * 1024,
+    });
+    expect(files.map((f) => [f.path, f.copied, f.skipped ?? null])).toEqual([
+      ["a", true, null],
+      ["b", true, null],
+      ["c", false, "total_cap"],
+    ]);
+  });
+});

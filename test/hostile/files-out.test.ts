@@ -1,0 +1,68 @@
+/**
+ * `corral run --out` against a layer the code shaped to trick the host: names that are
+ * not UTF-8 aliasing a link to the host's /etc, paths too long for the host to open by
+ * name, sparse files far larger than the disk limit.
+ */
+import { existsSync, readdirSync } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { corral } from "../helpers/cli.js";
+import { testDataDir } from "../helpers/sandbox.js";
+
+const run = (dataDir: string, args: string[]) => corral(["--data-dir", dataDir, "run", ...args]);
+
+describe("--out and the result's files against hostile layers", () => {
+  it("a \\xff directory beside a link named U+FFFD to /etc brings out no host file", async () => {
+    const dataDir = testDataDir("files-out");
+    const out = path.join(dataDir, "out");
+    const r = await run(dataDir, [
+      "--json",
+      "--out",
+      out,
+      "--lang",
+      "python",
+      "-c",
+      'import os; os.mkdir(b"/work/\\xff"); open(b"/work/\\xff/x", "w").write("m"); os.symlink("/etc", "/work/\\ufffd")',
+    ]);
+    expect(r.code).toBe(0);
+    const files = JSON.parse(r.stdout).files as { path: string }[];
+    expect(files.map((f) => f.path)).toEqual(["\\xff"]);
+    expect(existsSync(out) ? readdirSync(out) : []).toEqual([]);
+  });
+
+  it("paths too long for the host to open by name keep the program's exit code", async () => {
+    const dataDir = testDataDir("files-out");
+    const r = await run(dataDir, [
+      "--json",
+      "--lang",
+      "python",
+      "-c",
+      "import os\nos.chdir('/work')\nfor i in range(20):\n    os.mkdir('d' * 255); os.chdir('d' * 255)\nopen('f', 'w').write('x')\nraise SystemExit(3)",
+    ]);
+    expect(r.code).toBe(3);
+    const files = JSON.parse(r.stdout).files as { path: string }[];
+    expect(files).toHaveLength(1);
+    expect(files[0]!.path.endsWith("/f")).toBe(true);
+  });
+
+  it("sparse files cannot make the host write more than the disk limit", async () => {
+    const dataDir = testDataDir("files-out");
+    const out = path.join(dataDir, "out");
+    const r = await run(dataDir, [
+      "--json",
+      "--disk",
+      "100m",
+      "--out",
+      out,
+      "--lang",
+      "shell",
+      "-c",
+      "for i in 1 2 3 4 5; do truncate -s 40M /work/s$i; done",
+    ]);
+    expect(r.code).toBe(0);
+    const files = JSON.parse(r.stdout).files as { path: string; skipped?: string }[];
+    const copied = readdirSync(out);
+    expect(copied.length).toBeLessThanOrEqual(2);
+    expect(files.filter((f) => f.skipped === "total_cap").length).toBe(5 - copied.length);
+  });
+});
