@@ -25,6 +25,9 @@ export interface ChangeWindow {
   truncated: boolean;
 }
 
+/** A window keeps at most this many changes (the rest is counted as truncated). */
+export const MAX_CHANGES_PER_WINDOW = 10_000;
+
 export interface FileChangeOptions {
   idleMs?: number;
   maxMs?: number;
@@ -56,7 +59,7 @@ export class FileChangeTracker {
   ) {
     this.idleMs = opts.idleMs ?? 1000;
     this.maxMs = opts.maxMs ?? 5000;
-    this.keep = opts.keep ?? 256;
+    this.keep = opts.keep ?? 32;
   }
 
   /** The starting point: what the layer holds before the first execution. */
@@ -111,9 +114,15 @@ export class FileChangeTracker {
       from: this.from,
       to: new Date(),
       executions,
-      changes: await classifyCopyUps(this.rootfs, diffSnapshots(this.previous, snapshot)),
+      changes: [],
       truncated,
     };
+    const all = await classifyCopyUps(
+      this.rootfs,
+      diffSnapshots(this.previous, snapshot).slice(0, MAX_CHANGES_PER_WINDOW * 2),
+    );
+    window.changes = all.slice(0, MAX_CHANGES_PER_WINDOW);
+    window.truncated ||= all.length > MAX_CHANGES_PER_WINDOW;
     this.previous = snapshot;
     this.from = window.to;
     this.windows.push(window);

@@ -32,6 +32,10 @@ export interface FileChange {
 }
 
 export const MAX_WALK_ENTRIES = 200_000;
+/** Directories deeper than this are listed but not entered (each level holds one fd). */
+export const MAX_WALK_DEPTH = 64;
+/** All paths of one snapshot together, in UTF-16 units: the host's memory bound. */
+export const MAX_WALK_PATH_CHARS = 16 * 1024 * 1024;
 
 function typeOf(st: Awaited<ReturnType<typeof lstat>>): LayerEntryType {
   if (st.isFile()) return "file";
@@ -42,40 +46,81 @@ function typeOf(st: Awaited<ReturnType<typeof lstat>>): LayerEntryType {
   return "other";
 }
 
-/** Walk the upper directory safely (see above). Returns at most MAX_WALK_ENTRIES. */
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * A name as the walk records it: its text, or, when its bytes are not UTF-8, the bytes
+ * escaped (\xNN), so that two different names can never come out as one.
+ */
+export function layerName(bytes: Buffer): string {
+  try {
+    const text = strictUtf8.decode(bytes);
+    if (!text.includes("\\")) return text;
+  } catch {
+    // escaped below
+  }
+  let out = "";
+  for (const b of bytes) {
+    out +=
+      b >= 0x20 && b < 0x7f && b !== 0x5c
+        ? String.fromCharCode(b)
+        : `\\x${b.toString(16).padStart(2, "0")}`;
+  }
+  return out;
+}
+
+const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+
+/**
+ * Walk the upper directory safely (see above), within budgets: at most MAX_WALK_ENTRIES
+ * entries, MAX_WALK_DEPTH levels, MAX_WALK_PATH_CHARS of path text, and `deadlineMs`
+ * of wall time; past any of them the snapshot is marked truncated.
+ */
 export async function snapshotLayer(
   upperDir: string,
+  opts: { deadlineMs?: number } = {},
 ): Promise<{ snapshot: LayerSnapshot; truncated: boolean }> {
   const snapshot: LayerSnapshot = new Map();
   let truncated = false;
+  let pathChars = 0;
+  const deadline = performance.now() + (opts.deadlineMs ?? 10_000);
   let root: Awaited<ReturnType<typeof open>>;
   try {
-    root = await open(upperDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    root = await open(upperDir, DIR_FLAGS);
   } catch {
     return { snapshot, truncated };
   }
-  const walk = async (dir: Awaited<ReturnType<typeof open>>, inside: string): Promise<void> => {
-    const base = `/proc/self/fd/${dir.fd}`;
-    let names: string[];
+  const walk = async (
+    dir: Awaited<ReturnType<typeof open>>,
+    inside: string,
+    depth: number,
+  ): Promise<void> => {
+    const base = `/proc/self/fd/${dir.fd}/`;
+    let names: Buffer[];
     try {
-      names = await readdir(base);
+      names = await readdir(`/proc/self/fd/${dir.fd}`, { encoding: "buffer" });
     } catch {
       return; // removed meanwhile
     }
-    names.sort();
-    for (const name of names) {
-      if (snapshot.size >= MAX_WALK_ENTRIES) {
+    names.sort(Buffer.compare);
+    for (const raw of names) {
+      if (
+        snapshot.size >= MAX_WALK_ENTRIES ||
+        pathChars >= MAX_WALK_PATH_CHARS ||
+        performance.now() > deadline
+      ) {
         truncated = true;
         return;
       }
-      const at = `${base}/${name}`;
+      const at = Buffer.concat([Buffer.from(base), raw]);
       let st: Awaited<ReturnType<typeof lstat>>;
       try {
         st = await lstat(at);
       } catch {
         continue; // removed meanwhile
       }
-      const rel = inside === "/" ? `/${name}` : `${inside}/${name}`;
+      const rel = `${inside === "/" ? "" : inside}/${layerName(raw)}`;
+      pathChars += rel.length;
       const type = typeOf(st);
       snapshot.set(rel, {
         type,
@@ -84,21 +129,25 @@ export async function snapshotLayer(
         ino: st.ino,
       });
       if (type !== "dir") continue;
+      if (depth >= MAX_WALK_DEPTH) {
+        truncated = true;
+        continue;
+      }
       let child: Awaited<ReturnType<typeof open>>;
       try {
-        child = await open(at, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+        child = await open(at, DIR_FLAGS);
       } catch {
         continue; // swapped for a link or removed: not followed
       }
       try {
-        await walk(child, rel);
+        await walk(child, rel, depth + 1);
       } finally {
         await child.close();
       }
     }
   };
   try {
-    await walk(root, "/");
+    await walk(root, "/", 0);
   } finally {
     await root.close();
   }

@@ -40,6 +40,7 @@ export const DEFAULT_IDLE_TTL_MS = 300_000;
 export const DEFAULT_CALL_TIMEOUT_MS = 60_000;
 export const DEFAULT_WORKDIR = "/work";
 const MAX_CHANGES_IN_EVENT = 1000;
+const MAX_PATH_IN_EVENT = 1024;
 
 /** What the audit keeps of code: its digest and size, and its head for a reader. */
 function codeDigest(code: string): { sha256: string; bytes: number; head: string } {
@@ -197,7 +198,14 @@ export class Session {
           // The changes belong to the window: with several executions in it, to all of them.
           attribution: w.executions.length === 1 ? "execution" : "window",
           executions: w.executions,
-          changes: w.changes.slice(0, MAX_CHANGES_IN_EVENT),
+          // Bounded: a hostile layer of long names must not grow the audit log without end.
+          changes: w.changes
+            .slice(0, MAX_CHANGES_IN_EVENT)
+            .map((c) =>
+              c.path.length > MAX_PATH_IN_EVENT
+                ? { ...c, path: `${c.path.slice(0, MAX_PATH_IN_EVENT)}...` }
+                : c,
+            ),
           changeCount: w.changes.length,
           truncated: w.truncated || w.changes.length > MAX_CHANGES_IN_EVENT,
         },

@@ -7,7 +7,9 @@ import {
   diffSnapshots,
   type LayerEntry,
   type LayerSnapshot,
+  layerName,
   lowerType,
+  MAX_WALK_DEPTH,
   snapshotLayer,
 } from "../../src/sandbox/layer-walk.js";
 
@@ -92,5 +94,38 @@ describe("walking and looking up without following links", () => {
       { path: "/etc/conf", change: "modified", type: "file", size: 2 },
       { path: "/etc/new", change: "created", type: "file", size: 2 },
     ]);
+  });
+});
+
+describe("hostile layer shapes", () => {
+  it("names that are not UTF-8 are kept apart, escaped; a backslash name cannot fake one", () => {
+    expect(layerName(Buffer.from([0x61, 0xff]))).toBe("a\\xff");
+    expect(layerName(Buffer.from("a\\xff"))).toBe("a\\x5cxff");
+    expect(layerName(Buffer.from("ü.txt"))).toBe("ü.txt");
+  });
+
+  it("a deep tree is walked to MAX_WALK_DEPTH only, and marked truncated", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "corral-walk-deep-"));
+    try {
+      mkdirSync(path.join(dir, ...Array.from({ length: MAX_WALK_DEPTH + 10 }, () => "d")), {
+        recursive: true,
+      });
+      const { snapshot, truncated } = await snapshotLayer(dir);
+      expect(truncated).toBe(true);
+      expect(snapshot.size).toBe(MAX_WALK_DEPTH + 1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a walk past its deadline stops, marked truncated", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "corral-walk-slow-"));
+    try {
+      for (let i = 0; i < 50; i++) mkdirSync(path.join(dir, `d${i}`));
+      const { truncated } = await snapshotLayer(dir, { deadlineMs: -1 });
+      expect(truncated).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
