@@ -186,8 +186,11 @@ export async function imageImportCommand(flags: ImageImportFlags): Promise<numbe
   if (stats && stats.strippedSpecialBits > 0) {
     notes += `  note    setuid/setgid bits stripped from ${stats.strippedSpecialBits} file(s)\n`;
   }
-  if (stats && stats.skipped > 0) {
-    notes += `  note    ${stats.skipped} FIFO(s) or aufs metadata entries skipped\n`;
+  if (stats && stats.skippedFifos > 0) {
+    notes += `  note    ${stats.skippedFifos} FIFO(s) skipped (a program can make one at run time)\n`;
+  }
+  if (stats && stats.skippedAufsMetadata > 0) {
+    notes += `  note    ${stats.skippedAufsMetadata} aufs metadata entr${stats.skippedAufsMetadata === 1 ? "y" : "ies"} skipped\n`;
   }
   process.stdout.write(
     `image ${name} ${how} from ${meta.source?.file ?? flags.file}${source}\n` +

@@ -98,8 +98,10 @@ export interface ImportStats {
   entries: number;
   /** Files and directories whose setuid/setgid bits were stripped. */
   strippedSpecialBits: number;
-  /** FIFOs (and aufs metadata) skipped. */
+  /** Entries not imported: FIFOs and aufs metadata (never the archive's "./" root entry). */
   skipped: number;
+  skippedFifos: number;
+  skippedAufsMetadata: number;
 }
 
 export interface ImportResult extends StoredImage {
@@ -324,7 +326,8 @@ class LayerTree {
   entries = 0;
   bytes = 0;
   stripped = 0;
-  skipped = 0;
+  skippedFifos = 0;
+  skippedAufsMetadata = 0;
 
   constructor(
     readonly root: string,
@@ -400,8 +403,11 @@ class LayerTree {
     switch (d.kind) {
       case "refuse":
         throw new Refusal(d.reason);
+      case "root":
+        return;
       case "skip":
-        this.skipped++;
+        if (d.what === "fifo") this.skippedFifos++;
+        else this.skippedAufsMetadata++;
         return;
       case "whiteout": {
         if (!(await this.parents(d.path, false))) return;
@@ -758,7 +764,9 @@ async function importLocked(
         layers: plan.layers.length,
         entries: tree.entries,
         strippedSpecialBits: tree.stripped,
-        skipped: tree.skipped,
+        skipped: tree.skippedFifos + tree.skippedAufsMetadata,
+        skippedFifos: tree.skippedFifos,
+        skippedAufsMetadata: tree.skippedAufsMetadata,
       },
     };
   } catch (err) {
