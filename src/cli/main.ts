@@ -136,7 +136,10 @@ export async function main(argv: string[]): Promise<number> {
     .command("import")
     .description("import a root filesystem tarball, a docker save archive or an OCI archive")
     .argument("<file>", "the archive (.tar, or gzip-compressed)")
-    .option("--name <name>", "the image's name (default: from the file's name)")
+    .option(
+      "--name <name>",
+      "NAME or NAME:TAG (default: the archive's RepoTag or OCI reference, else the file's name)",
+    )
     .option("--json", "print the image as JSON")
     .action(async (file: string, flags: { name?: string; json?: boolean }, cmd: Command) => {
       const config = loadConfig(globalFlags(cmd));

@@ -53,15 +53,22 @@ function blobNameSha256(member: string): string | undefined {
   return /^blobs\/sha256\/([0-9a-f]{64})$/.exec(member)?.[1];
 }
 
-/** manifest.json of `docker save`: exactly one image, its config member and layers. */
-export function parseDockerManifest(json: unknown): { config: string; layers: LayerRef[] } {
+/**
+ * manifest.json of `docker save`: exactly one image, its config member, its layers and
+ * its RepoTags ("mini:layered"; none when the image was saved by id).
+ */
+export function parseDockerManifest(json: unknown): {
+  config: string;
+  layers: LayerRef[];
+  repoTags: string[];
+} {
   if (!Array.isArray(json)) throw refuse("manifest.json is not a list of images");
   if (json.length !== 1) {
     throw refuse(
       `manifest.json lists ${json.length} images; save one image per archive (docker save IMAGE)`,
     );
   }
-  const image = json[0] as { Config?: unknown; Layers?: unknown };
+  const image = json[0] as { Config?: unknown; Layers?: unknown; RepoTags?: unknown };
   const config = memberPath(image.Config, "manifest.json's Config");
   if (!Array.isArray(image.Layers)) throw refuse("manifest.json's Layers is not a list");
   const layers = image.Layers.map((l, i): LayerRef => {
@@ -69,7 +76,10 @@ export function parseDockerManifest(json: unknown): { config: string; layers: La
     const stored = blobNameSha256(member);
     return { member, ...(stored ? { storedSha256: stored } : {}) };
   });
-  return { config, layers };
+  const repoTags = Array.isArray(image.RepoTags)
+    ? image.RepoTags.filter((t): t is string => typeof t === "string")
+    : [];
+  return { config, layers, repoTags };
 }
 
 /** The "diff_ids" of an image config (uncompressed layer digests), when it has them. */
@@ -127,6 +137,26 @@ export interface OciDescriptor {
   digest: string;
   platform?: { os?: string; architecture?: string };
   urls?: unknown;
+  annotations?: unknown;
+}
+
+/**
+ * The reference an OCI index gives the image it lists, from the descriptor's annotations:
+ * containerd's (and so Docker's) `io.containerd.image.name` is a whole reference
+ * ("docker.io/library/mini:layered"); `org.opencontainers.image.ref.name` is a whole
+ * reference too when it holds a ":" or a "/", and otherwise only a tag ("layered", "1.0"),
+ * as the image-layout specification suggests and Docker writes it.
+ */
+export function ociReference(
+  d: OciDescriptor,
+): { kind: "reference"; value: string } | { kind: "tag"; value: string } | null {
+  const a = (d.annotations ?? {}) as Record<string, unknown>;
+  const containerd = a["io.containerd.image.name"];
+  if (typeof containerd === "string" && containerd !== "")
+    return { kind: "reference", value: containerd };
+  const ref = a["org.opencontainers.image.ref.name"];
+  if (typeof ref !== "string" || ref === "") return null;
+  return /[:/]/.test(ref) ? { kind: "reference", value: ref } : { kind: "tag", value: ref };
 }
 
 const INDEX_TYPES = new Set([

@@ -46,6 +46,7 @@ import {
   isIndexDescriptor,
   type LayerRef,
   ociArchitecture,
+  ociReference,
   parseDockerManifest,
   parseImageConfig,
   parseOciManifest,
@@ -63,10 +64,13 @@ import {
 import { shortKey } from "./recipe.js";
 import { shiftTree } from "./shift.js";
 import {
+  canonicalImageName,
   ensureImageDir,
   IMAGE_NAME,
+  IMAGE_NAME_RULE,
   type ImageMeta,
   imageInUse,
+  imageNameFromReference,
   imagePaths,
   META_VERSION,
   readImageMeta,
@@ -126,6 +130,23 @@ export function imageNameFromFile(file: string): string | null {
     .replace(/^[^a-z0-9]+/, "")
     .slice(0, 63);
   return IMAGE_NAME.test(base) ? base : null;
+}
+
+/**
+ * The name an archive gives its image, when `--name` does not: a `docker save` archive's
+ * first RepoTag, or an OCI index's reference (a bare OCI tag goes after the file's name:
+ * "x.tar" with ref.name "1.0" is "x:1.0"); null when it gives none that is a valid name.
+ */
+export function archiveImageName(
+  given: { repoTags?: readonly string[]; oci?: ReturnType<typeof ociReference> },
+  file: string,
+): string | null {
+  const tag = given.repoTags?.[0];
+  if (tag !== undefined) return imageNameFromReference(tag);
+  if (!given.oci) return null;
+  if (given.oci.kind === "reference") return imageNameFromReference(given.oci.value);
+  const base = imageNameFromFile(file);
+  return base === null ? null : imageNameFromReference(`${base}:${given.oci.value}`);
 }
 
 // ------------------------------------------------------------------ the archive's members
@@ -201,10 +222,17 @@ async function readMemberJson(
 async function planLayers(
   tarFile: string,
   members: Map<string, Member>,
-): Promise<{ format: ArchiveFormat; layers: LayerRef[]; config: ImageConfigInfo }> {
+  file: string,
+): Promise<{
+  format: ArchiveFormat;
+  layers: LayerRef[];
+  config: ImageConfigInfo;
+  /** The name the archive gives its image (see archiveImageName). */
+  name: string | null;
+}> {
   const format = detectArchiveFormat(new Set(members.keys()));
   if (format === "rootfs")
-    return { format, layers: [{ member: "" }], config: { env: defaultEnv() } };
+    return { format, layers: [{ member: "" }], config: { env: defaultEnv() }, name: null };
   if (format === "docker-save") {
     const manifest = parseDockerManifest(await readMemberJson(tarFile, members, "manifest.json"));
     const configJson = await readMemberJson(tarFile, members, manifest.config);
@@ -212,12 +240,14 @@ async function planLayers(
       format,
       layers: withDiffIds(manifest.layers, configDiffIds(configJson)),
       config: parseImageConfig(configJson),
+      name: archiveImageName({ repoTags: manifest.repoTags }, file),
     };
   }
   let descriptor = pickFromIndex(
     await readMemberJson(tarFile, members, "index.json"),
     ociArchitecture(process.arch),
   );
+  const name = archiveImageName({ oci: ociReference(descriptor) }, file);
   for (let depth = 0; isIndexDescriptor(descriptor); depth++) {
     if (depth >= 4) throw new Refusal("the OCI index nests too deeply");
     descriptor = pickFromIndex(
@@ -231,6 +261,7 @@ async function planLayers(
     format,
     layers: withDiffIds(manifest.layers, configDiffIds(configJson)),
     config: parseImageConfig(configJson),
+    name,
   };
 }
 
@@ -593,17 +624,11 @@ async function cachedImport(
 
 export async function importImage(options: ImportOptions): Promise<ImportResult> {
   const { file, imageDir, uidBase } = options;
-  const name = options.name ?? imageNameFromFile(file);
-  if (name === null) {
+  const given = options.name === undefined ? undefined : canonicalImageName(options.name);
+  if (given !== undefined && !IMAGE_NAME.test(given)) {
     throw new CorralError(
       "invalid_argument",
-      `cannot make an image name from ${path.basename(file)}: give --name NAME`,
-    );
-  }
-  if (!IMAGE_NAME.test(name)) {
-    throw new CorralError(
-      "invalid_argument",
-      `"${name}" is not a valid image name: lower-case letters, digits, ".", "_" and "-", at most 63`,
+      `"${options.name}" is not a valid image name: ${IMAGE_NAME_RULE}`,
     );
   }
   let st: Stats;
@@ -628,8 +653,12 @@ export async function importImage(options: ImportOptions): Promise<ImportResult>
   const archiveSha256 = await sha256OfFile(file);
   const fullKey = importKey(archiveSha256);
   const key = shortKey(fullKey);
-  const setName = async (image: StoredImage): Promise<StoredImage> =>
-    publishName(imageDir, { ...image, meta: { ...image.meta, name } });
+  // A cache hit is named as its first import was, unless --name says otherwise.
+  const setName = async (image: StoredImage): Promise<StoredImage> => {
+    const name = given ?? image.meta.source?.archiveName ?? imageNameFromFile(file);
+    if (name === null) throw cannotName(file);
+    return publishName(imageDir, { ...image, meta: { ...image.meta, name } });
+  };
 
   const hit = await cachedImport(imageDir, key, fullKey, uidBase);
   if (hit) return { ...(await setName(hit)), cached: true, stats: null };
@@ -640,20 +669,32 @@ export async function importImage(options: ImportOptions): Promise<ImportResult>
     const again = await cachedImport(imageDir, key, fullKey, uidBase);
     if (again) return { ...(await setName(again)), cached: true, stats: null };
     await removeLeftovers(imageDir, key);
-    const { image, stats } = await importLocked({ ...options, name }, archiveSha256, fullKey, key);
+    const { image, stats } = await importLocked(
+      { ...options, ...(given !== undefined ? { name: given } : {}) },
+      archiveSha256,
+      fullKey,
+      key,
+    );
     return { ...(await publishName(imageDir, image)), cached: false, stats };
   } finally {
     await release();
   }
 }
 
+function cannotName(file: string): CorralError {
+  return new CorralError(
+    "invalid_argument",
+    `cannot make an image name from ${path.basename(file)}: give --name NAME`,
+  );
+}
+
 async function importLocked(
-  options: ImportOptions & { name: string },
+  options: ImportOptions,
   archiveSha256: string,
   fullKey: string,
   key: string,
 ): Promise<{ image: StoredImage; stats: ImportStats }> {
-  const { file, imageDir, uidBase, name } = options;
+  const { file, imageDir, uidBase } = options;
   const started = Date.now();
   const progress = options.onProgress ?? (() => {});
   const tmp = path.join(imageDir, `.tmp-${key}-${randomBytes(4).toString("hex")}`);
@@ -697,7 +738,9 @@ async function importLocked(
       if (err instanceof TarFormatError) throw new Refusal(`not a tar archive: ${err.message}`);
       throw err;
     }
-    const plan = await planLayers(tarFile, members);
+    const plan = await planLayers(tarFile, members, file);
+    const name = options.name ?? plan.name ?? imageNameFromFile(file);
+    if (name === null) throw cannotName(file);
     const tree = new LayerTree(rootfs, maxBytes);
     for (const [i, layer] of plan.layers.entries()) {
       const what =
@@ -745,6 +788,7 @@ async function importLocked(
         format: plan.format,
         archiveSha256,
         layers: plan.layers.length,
+        archiveName: plan.name,
       },
     };
     await writeImageMeta(path.join(tmp, "meta.json"), meta);

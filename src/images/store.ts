@@ -66,6 +66,11 @@ const imageMetaSchema = z.object({
       format: z.enum(["rootfs", "docker-save", "oci"]),
       archiveSha256: z.string().regex(/^[0-9a-f]{64}$/),
       layers: z.number().int(),
+      /**
+       * The name the archive gives its image (a RepoTag, an OCI reference), null when it
+       * gives none; absent in images imported by an older Corral.
+       */
+      archiveName: z.string().nullable().optional(),
     })
     .optional(),
 });
@@ -85,7 +90,37 @@ export interface StoredImage {
 }
 
 const KEY_DIR = /^[0-9a-f]{16}$/;
-export const IMAGE_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+/**
+ * An image name: NAME or NAME:TAG, as Docker's last path component and tag are spelled
+ * (NAME lower-case letters, digits, ".", "_", "-", at most 63; TAG letters of either case,
+ * digits, ".", "_", "-", at most 128, not starting with "." or "-"). A name is also a file
+ * name under <imageDir>/names, which ":" may be part of and "/" may not. "sha256:..." is
+ * never a name: it is how digests are written.
+ */
+export const IMAGE_NAME =
+  /^(?!sha256:)[a-z0-9][a-z0-9._-]{0,62}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$/;
+export const IMAGE_NAME_RULE =
+  'NAME or NAME:TAG, NAME of lower-case letters, digits, ".", "_" and "-" (at most 63)';
+
+/** As Docker reads them, "mini:latest" and "mini" are one name: the tag "latest" is dropped. */
+export function canonicalImageName(name: string): string {
+  return name.endsWith(":latest") ? name.slice(0, -":latest".length) : name;
+}
+
+/**
+ * The image name for a Docker image reference ("docker.io/library/mini:layered",
+ * "mini:latest", "ghcr.io/acme/tool@sha256:..."): its last path component and its tag
+ * ("mini:layered", "mini", "tool"), or null when that is no valid name. The registry and
+ * namespace are dropped, because a name cannot hold "/".
+ */
+export function imageNameFromReference(reference: string): string | null {
+  const noDigest = reference.split("@")[0] ?? "";
+  const last = noDigest.slice(noDigest.lastIndexOf("/") + 1);
+  const colon = last.indexOf(":");
+  const repo = (colon < 0 ? last : last.slice(0, colon)).toLowerCase();
+  const name = canonicalImageName(colon < 0 ? repo : `${repo}:${last.slice(colon + 1)}`);
+  return IMAGE_NAME.test(name) ? name : null;
+}
 
 export function imagePaths(
   imageDir: string,
@@ -182,7 +217,12 @@ export async function readNames(imageDir: string): Promise<Map<string, string>> 
 }
 
 /** Point `name` at `key` (atomically; a no-op when it already does). */
-export async function setImageName(imageDir: string, name: string, key: string): Promise<void> {
+export async function setImageName(
+  imageDir: string,
+  givenName: string,
+  key: string,
+): Promise<void> {
+  const name = canonicalImageName(givenName);
   if (!IMAGE_NAME.test(name))
     throw new CorralError("invalid_argument", `"${name}" is not a valid image name`);
   const file = path.join(imageDir, "names", name);
@@ -249,7 +289,8 @@ function notBuilt(ref: string, imageDir: string): CorralError {
  */
 export async function resolveImage(imageDir: string, ref: string): Promise<StoredImage> {
   const images = await listImages(imageDir);
-  const byName = images.find((img) => img.names.includes(ref));
+  const name = canonicalImageName(ref);
+  const byName = images.find((img) => img.names.includes(name));
   if (byName) return byName;
   if (IMAGE_NAME.test(ref) && !/^[0-9a-f]+$/.test(ref)) throw notBuilt(ref, imageDir);
 

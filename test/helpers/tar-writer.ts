@@ -148,7 +148,10 @@ export function dockerSaveArchive(
 }
 
 /** An OCI image layout archive of these layers (gzip-compressed blobs). */
-export function ociArchive(layers: TarSpec[][], options: { env?: string[] } = {}): Buffer {
+export function ociArchive(
+  layers: TarSpec[][],
+  options: { env?: string[]; annotations?: Record<string, string> } = {},
+): Buffer {
   const blobs: TarSpec[] = [];
   const blob = (data: Buffer): { digest: string; size: number } => {
     const hex = sha256(data);
@@ -189,7 +192,13 @@ export function ociArchive(layers: TarSpec[][], options: { env?: string[] } = {}
       name: "index.json",
       data: JSON.stringify({
         schemaVersion: 2,
-        manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", ...manifest }],
+        manifests: [
+          {
+            mediaType: "application/vnd.oci.image.manifest.v1+json",
+            ...manifest,
+            ...(options.annotations ? { annotations: options.annotations } : {}),
+          },
+        ],
       }),
     },
   ]);

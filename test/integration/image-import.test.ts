@@ -9,6 +9,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  rmSync,
   symlinkSync,
   writeFileSync,
 } from "node:fs";
@@ -195,6 +196,43 @@ describe("corral image import", () => {
     expect(mounts).toMatch(/^proc \/proc proc /m);
     // /work exists for code to run in, though the archive had none.
     expect(await runIn("rootfs", ["/tinybox", "pwd"])).toBe("/work\n");
+  });
+
+  it("without --name, a docker save archive is named after its first RepoTag, an OCI one after its reference", async () => {
+    const tiny = [[{ name: "tinybox", data: tinybox, mode: 0o755 }]];
+    const saved = archive("save.tar", dockerSaveArchive(tiny, { repoTag: "mini:layered" }));
+    const r = await cli(["image", "import", saved]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^image mini:layered imported in \d+s from save\.tar /);
+    expect(names()).toContain("mini:layered");
+    const run = await cli(["run", "--image", "mini:layered", "--", "/tinybox", "pwd"]);
+    expect(run).toMatchObject({ code: 0, stdout: "/work\n" });
+    // A cache hit keeps the archive's name.
+    rmSync(path.join(imageDir, "names", "mini:layered"));
+    expect((await cli(["image", "import", saved])).stdout).toMatch(/^image mini:layered already/);
+    // Docker's own OCI export: containerd's whole reference; the tag latest is dropped.
+    const oci = archive(
+      "export.tar",
+      ociArchive(tiny, {
+        annotations: {
+          "io.containerd.image.name": "docker.io/library/mini:latest",
+          "org.opencontainers.image.ref.name": "latest",
+        },
+      }),
+    );
+    expect((await cli(["image", "import", oci])).stdout).toMatch(/^image mini imported/);
+    expect((await cli(["run", "--image", "mini:latest", "--", "/tinybox", "pwd"])).code).toBe(0);
+    // A bare OCI tag goes after the file's name.
+    const tagged = archive(
+      "tool.tar",
+      ociArchive(tiny, {
+        annotations: { "org.opencontainers.image.ref.name": "1.0" },
+        env: ["A=1"],
+      }),
+    );
+    expect((await cli(["image", "import", tagged])).stdout).toMatch(/^image tool:1\.0 imported/);
+    for (const n of ["mini:layered", "mini", "tool:1.0"])
+      expect((await cli(["image", "rm", n])).code).toBe(0);
   });
 
   it("image rm removes an imported image; nothing of it is left", async () => {

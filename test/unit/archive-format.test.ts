@@ -2,13 +2,15 @@ import { describe, expect, it } from "vitest";
 import {
   configDiffIds,
   detectArchiveFormat,
+  ociReference,
   parseDockerManifest,
   parseImageConfig,
   parseOciManifest,
   pickFromIndex,
   withDiffIds,
 } from "../../src/images/archive-format.js";
-import { imageNameFromFile, sniffCompression } from "../../src/images/import.js";
+import { archiveImageName, imageNameFromFile, sniffCompression } from "../../src/images/import.js";
+import { canonicalImageName, imageNameFromReference } from "../../src/images/store.js";
 
 const hex = (c: string) => c.repeat(64);
 
@@ -37,7 +39,17 @@ describe("parseDockerManifest", () => {
         { member: "a/layer.tar" },
         { member: `blobs/sha256/${hex("b")}`, storedSha256: hex("b") },
       ],
+      repoTags: [],
     });
+    expect(
+      parseDockerManifest([
+        { Config: "c.json", Layers: [], RepoTags: ["mini:layered", "mini:latest"] },
+      ]).repoTags,
+    ).toEqual(["mini:layered", "mini:latest"]);
+    // `docker save IMAGE_ID` writes no RepoTags (null).
+    expect(
+      parseDockerManifest([{ Config: "c.json", Layers: [], RepoTags: null }]).repoTags,
+    ).toEqual([]);
   });
 
   it.each([
@@ -198,5 +210,74 @@ describe("imageNameFromFile and sniffCompression", () => {
     [[], "none"],
   ])("%j is %s", (bytes, kind) => {
     expect(sniffCompression(Buffer.from(bytes))).toBe(kind);
+  });
+});
+
+describe("image names from the archive", () => {
+  it.each([
+    ["mini:layered", "mini:layered"],
+    ["mini:latest", "mini"],
+    ["mini", "mini"],
+    ["docker.io/library/mini:layered", "mini:layered"],
+    ["localhost:5000/acme/tool:1.2-rc_3", "tool:1.2-rc_3"],
+    [`ghcr.io/acme/tool@sha256:${"a".repeat(64)}`, "tool"],
+    ["Mini:V1", "mini:V1"],
+    ["mini:-bad", null],
+    ["mini:", null],
+    [`sha256:${"a".repeat(64)}`, null],
+    ["", null],
+    ["x".repeat(64), null],
+  ])("reference %j is named %j", (ref, name) => {
+    expect(imageNameFromReference(ref)).toBe(name);
+  });
+
+  it("drops the tag latest, as Docker reads it", () => {
+    expect(canonicalImageName("mini:latest")).toBe("mini");
+    expect(canonicalImageName("mini:v1")).toBe("mini:v1");
+    expect(canonicalImageName("mini")).toBe("mini");
+  });
+
+  it("reads an OCI index's reference: containerd's whole name, else ref.name", () => {
+    const d = (annotations?: Record<string, string>) => ({
+      mediaType: "",
+      digest: `sha256:${hex("a")}`,
+      ...(annotations ? { annotations } : {}),
+    });
+    expect(ociReference(d())).toBeNull();
+    expect(ociReference(d({ "org.opencontainers.image.ref.name": "1.0" }))).toEqual({
+      kind: "tag",
+      value: "1.0",
+    });
+    expect(ociReference(d({ "org.opencontainers.image.ref.name": "mini:layered" }))).toEqual({
+      kind: "reference",
+      value: "mini:layered",
+    });
+    expect(
+      ociReference(
+        d({
+          "io.containerd.image.name": "docker.io/library/mini:layered",
+          "org.opencontainers.image.ref.name": "layered",
+        }),
+      ),
+    ).toEqual({ kind: "reference", value: "docker.io/library/mini:layered" });
+  });
+
+  it("names the image after the first RepoTag, or the OCI reference, else nothing", () => {
+    expect(archiveImageName({ repoTags: ["mini:layered", "other:x"] }, "/tmp/save.tar")).toBe(
+      "mini:layered",
+    );
+    expect(archiveImageName({ repoTags: [] }, "/tmp/save.tar")).toBeNull();
+    expect(archiveImageName({ repoTags: ["bad name"] }, "/tmp/save.tar")).toBeNull();
+    expect(
+      archiveImageName({ oci: { kind: "reference", value: "a/b/mini:2" } }, "/tmp/x.tar"),
+    ).toBe("mini:2");
+    // A bare OCI tag goes after the file's name.
+    expect(archiveImageName({ oci: { kind: "tag", value: "1.0" } }, "/tmp/alpine.tar")).toBe(
+      "alpine:1.0",
+    );
+    expect(archiveImageName({ oci: { kind: "tag", value: "latest" } }, "/tmp/alpine.tar")).toBe(
+      "alpine",
+    );
+    expect(archiveImageName({ oci: null }, "/tmp/alpine.tar")).toBeNull();
   });
 });

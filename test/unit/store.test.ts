@@ -93,6 +93,28 @@ describe("image store", () => {
     expect((await resolveImage(imageDir, ref)).meta.key).toBe(key);
   });
 
+  it("takes NAME:TAG names; NAME:latest is NAME", async () => {
+    await setImageName(imageDir, "mini:layered", "eeee5555ffff6666");
+    await setImageName(imageDir, "tool:latest", "cccc3333dddd4444");
+    expect((await readdir(path.join(imageDir, "names"))).sort()).toEqual([
+      "default",
+      "extra",
+      "mini:layered",
+      "tool",
+    ]);
+    expect((await resolveImage(imageDir, "mini:layered")).meta.key).toBe("eeee5555ffff6666");
+    expect((await resolveImage(imageDir, "tool")).meta.key).toBe("cccc3333dddd4444");
+    expect((await resolveImage(imageDir, "tool:latest")).meta.key).toBe("cccc3333dddd4444");
+    expect((await resolveImage(imageDir, "default:latest")).meta.key).toBe("aaaa1111bbbb2222");
+    expect((await errorOf(resolveImage(imageDir, "mini:other"))).code).toBe("image_not_built");
+    await expect(setImageName(imageDir, "sha256:abcd", "eeee5555ffff6666")).rejects.toThrow(
+      /not a valid image name/,
+    );
+    await expect(setImageName(imageDir, "a/b:1", "eeee5555ffff6666")).rejects.toThrow(
+      /not a valid image name/,
+    );
+  });
+
   it("says how to build a missing default image", async () => {
     await rm(path.join(imageDir, "names/default"));
     const err = await errorOf(resolveImage(imageDir, "default"));
