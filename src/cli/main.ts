@@ -56,10 +56,15 @@ export async function main(argv: string[]): Promise<number> {
   const collect = (value: string, previous: string[]): string[] => [...previous, value];
   program
     .command("run")
-    .description("run code, or a program (after --), in a fresh sandbox and destroy it")
-    .usage("[options] (--lang L (FILE | - | -c CODE) | -- PROGRAM [ARGS...])")
+    .description(
+      "run code, a program (after --), or the image's Entrypoint and Cmd, in a fresh sandbox and destroy it",
+    )
+    .usage("[options] (--lang L (FILE | - | -c CODE) | -- PROGRAM [ARGS...] | [-- ARGS...])")
     .argument("[file]", "a file with the code ('-' reads standard input)")
-    .argument("[args...]", "after --: the program and its arguments, run with no shell")
+    .argument(
+      "[args...]",
+      "after --: the program and its arguments, run with no shell (after the image's Entrypoint, replacing its Cmd)",
+    )
     .option("--lang <language>", "python, r, shell or sql")
     .option("-c, --code <code>", "the code itself, instead of a file")
     .option("--image <name>", "image name, key or digest", "default")

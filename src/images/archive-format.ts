@@ -23,7 +23,16 @@ export interface LayerRef {
   diffSha256?: string;
 }
 
-export interface ImageConfigInfo {
+/** What an image runs when given no program, as its config says (`docker run IMAGE`). */
+export interface ImageProcess {
+  /** Always run first; arguments after `--` replace `cmd`, never this. */
+  entrypoint: string[] | null;
+  cmd: string[] | null;
+  /** Absolute and normalised; null when the config has none. */
+  workingDir: string | null;
+}
+
+export interface ImageConfigInfo extends ImageProcess {
   env: Record<string, string>;
   architecture?: string;
 }
@@ -106,9 +115,43 @@ export function withDiffIds(layers: LayerRef[], diffIds: string[] | undefined): 
 
 const PATH_DEFAULT = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/** The environment and architecture an image config declares (PATH defaulted). */
+/** An argv of the config (Entrypoint, Cmd): a list of strings without NUL, or null. */
+function configArgv(value: unknown, what: string): string[] | null {
+  if (value === undefined || value === null) return null;
+  if (!Array.isArray(value) || value.some((a) => typeof a !== "string")) {
+    throw refuse(`the image config's ${what} is not a list of strings`);
+  }
+  if (value.some((a: string) => a.includes("\0")))
+    throw refuse(`the image config's ${what} contains a NUL byte`);
+  return value.length === 0 ? null : [...(value as string[])];
+}
+
+/**
+ * The config's WorkingDir, absolute and normalised (Docker takes a relative one from
+ * "/"); ".." cannot climb above the root. Null when empty or absent.
+ */
+function configWorkingDir(value: unknown): string | null {
+  if (value === undefined || value === null || value === "") return null;
+  if (typeof value !== "string") throw refuse("the image config's WorkingDir is not a string");
+  if (value.includes("\0")) throw refuse("the image config's WorkingDir contains a NUL byte");
+  const parts: string[] = [];
+  for (const part of value.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return `/${parts.join("/")}`;
+}
+
+/**
+ * What an image config declares: the environment (PATH defaulted), the architecture, and
+ * what runs by default (Entrypoint, Cmd, WorkingDir).
+ */
 export function parseImageConfig(json: unknown): ImageConfigInfo {
-  const root = (json ?? {}) as { architecture?: unknown; config?: { Env?: unknown } | null };
+  const root = (json ?? {}) as {
+    architecture?: unknown;
+    config?: { Env?: unknown; Entrypoint?: unknown; Cmd?: unknown; WorkingDir?: unknown } | null;
+  };
   const env: Record<string, string> = {};
   const list = root.config?.Env;
   if (list !== undefined && list !== null) {
@@ -125,12 +168,22 @@ export function parseImageConfig(json: unknown): ImageConfigInfo {
   return {
     env,
     ...(typeof root.architecture === "string" ? { architecture: root.architecture } : {}),
+    entrypoint: configArgv(root.config?.Entrypoint, "Entrypoint"),
+    cmd: configArgv(root.config?.Cmd, "Cmd"),
+    workingDir: configWorkingDir(root.config?.WorkingDir),
   };
 }
 
 export function defaultEnv(): Record<string, string> {
   return { PATH: PATH_DEFAULT };
 }
+
+/** A root filesystem tarball has no config: no default program. */
+export const NO_PROCESS: ImageProcess = Object.freeze({
+  entrypoint: null,
+  cmd: null,
+  workingDir: null,
+});
 
 export interface OciDescriptor {
   mediaType: string;

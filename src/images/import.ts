@@ -45,6 +45,7 @@ import {
   type ImageConfigInfo,
   isIndexDescriptor,
   type LayerRef,
+  NO_PROCESS,
   ociArchitecture,
   ociReference,
   parseDockerManifest,
@@ -231,8 +232,10 @@ async function planLayers(
   name: string | null;
 }> {
   const format = detectArchiveFormat(new Set(members.keys()));
-  if (format === "rootfs")
-    return { format, layers: [{ member: "" }], config: { env: defaultEnv() }, name: null };
+  if (format === "rootfs") {
+    const config = { env: defaultEnv(), ...NO_PROCESS };
+    return { format, layers: [{ member: "" }], config, name: null };
+  }
   if (format === "docker-save") {
     const manifest = parseDockerManifest(await readMemberJson(tarFile, members, "manifest.json"));
     const configJson = await readMemberJson(tarFile, members, manifest.config);
@@ -613,6 +616,9 @@ async function cachedImport(
 ): Promise<StoredImage | null> {
   const meta = await readImageMeta(imageDir, key);
   if (!meta || meta.recipeKey !== fullKey || meta.uidBase !== uidBase) return null;
+  // An older Corral did not keep the config's Entrypoint, Cmd and WorkingDir or the
+  // archive's name: import such an archive again (it replaces the old image).
+  if (meta.process === undefined || meta.source?.archiveName === undefined) return null;
   const paths = imagePaths(imageDir, key);
   try {
     if (!(await stat(paths.rootfs)).isDirectory()) return null;
@@ -777,6 +783,11 @@ async function importLocked(
       packages: [],
       setup: [],
       env: plan.config.env,
+      process: {
+        entrypoint: plan.config.entrypoint,
+        cmd: plan.config.cmd,
+        workingDir: plan.config.workingDir,
+      },
       uidBase,
       shifted: true,
       sizeBytes: digest.sizeBytes,

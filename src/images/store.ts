@@ -56,6 +56,18 @@ const imageMetaSchema = z.object({
   files: z.number(),
   buildSeconds: z.number(),
   /**
+   * What the image runs when given no program (`docker run IMAGE`), from an imported
+   * image's config: arguments after `--` replace `cmd`, and `entrypoint` stays. Absent in
+   * built images (they have none) and in images imported by an older Corral.
+   */
+  process: z
+    .object({
+      entrypoint: z.array(z.string()).nullable(),
+      cmd: z.array(z.string()).nullable(),
+      workingDir: z.string().nullable(),
+    })
+    .optional(),
+  /**
    * Where an imported image came from (`corral image import`); absent for built ones,
    * whose recipe fields above say it. An import has no mirror, suite, packages or setup.
    */

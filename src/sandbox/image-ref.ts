@@ -56,5 +56,14 @@ export async function loadImageRef(config: CorralConfig, ref: string): Promise<I
     }
     if (dir === path.dirname(dir)) break;
   }
-  return { name: meta.name, digest: meta.digest, rootfs: image.rootfs, env: { ...meta.env } };
+  const proc = meta.process;
+  return {
+    name: meta.name,
+    digest: meta.digest,
+    rootfs: image.rootfs,
+    env: { ...meta.env },
+    ...(proc?.entrypoint ? { entrypoint: [...proc.entrypoint] } : {}),
+    ...(proc?.cmd ? { cmd: [...proc.cmd] } : {}),
+    ...(proc?.workingDir ? { workingDir: proc.workingDir } : {}),
+  };
 }

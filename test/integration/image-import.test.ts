@@ -174,6 +174,18 @@ describe("corral image import", () => {
     expect(j.source).toMatchObject({ format: "oci", layers: 2 });
     const again = await cli(["image", "import", file, "--name", "oci-again", "--json"]);
     expect(JSON.parse(again.stdout)).toMatchObject({ cached: true, digest });
+    // An image imported by an older Corral (no Entrypoint/Cmd/WorkingDir kept) is imported
+    // again, in place, rather than served without them.
+    const metaFile = path.join(imageDir, j.key, "meta.json");
+    const { process: _kept, ...older } = JSON.parse(readFileSync(metaFile, "utf8"));
+    writeFileSync(metaFile, JSON.stringify(older));
+    const redone = await cli(["image", "import", file, "--name", "oci-again", "--json"]);
+    expect(JSON.parse(redone.stdout)).toMatchObject({
+      cached: false,
+      key: j.key,
+      digest,
+      process: { entrypoint: null, cmd: null, workingDir: null },
+    });
     expect((await cli(["image", "rm", "oci-again"])).code).toBe(0);
     expect(names()).not.toContain("two-layers-oci");
   });

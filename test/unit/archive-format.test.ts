@@ -88,10 +88,36 @@ describe("image config", () => {
         PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
       },
       architecture: "amd64",
+      entrypoint: null,
+      cmd: null,
+      workingDir: null,
     });
     expect(parseImageConfig({ config: { Env: ["PATH=/bin"] } }).env).toEqual({ PATH: "/bin" });
     expect(parseImageConfig({ config: null }).env.PATH).toMatch(/\/usr\/bin/);
     expect(() => parseImageConfig({ config: { Env: "PATH=/bin" } })).toThrow(/Env is not a list/);
+  });
+
+  it("takes Entrypoint, Cmd and WorkingDir (absolute, normalised)", () => {
+    expect(
+      parseImageConfig({
+        config: { Entrypoint: ["/bin/tool", "--x"], Cmd: ["a b"], WorkingDir: "/srv/app/" },
+      }),
+    ).toMatchObject({ entrypoint: ["/bin/tool", "--x"], cmd: ["a b"], workingDir: "/srv/app" });
+    expect(
+      parseImageConfig({ config: { Entrypoint: null, Cmd: [], WorkingDir: "" } }),
+    ).toMatchObject({ entrypoint: null, cmd: null, workingDir: null });
+    expect(parseImageConfig({ config: { WorkingDir: "app/./x/../y" } }).workingDir).toBe("/app/y");
+    expect(parseImageConfig({ config: { WorkingDir: "/../../etc" } }).workingDir).toBe("/etc");
+    expect(parseImageConfig({ config: { WorkingDir: "/" } }).workingDir).toBe("/");
+  });
+
+  it.each([
+    [{ Cmd: "echo hi" }, /Cmd is not a list of strings/],
+    [{ Entrypoint: ["/bin/sh", 1] }, /Entrypoint is not a list of strings/],
+    [{ Cmd: ["a\0b"] }, /Cmd contains a NUL byte/],
+    [{ WorkingDir: 7 }, /WorkingDir is not a string/],
+  ])("refuses the config %j", (config, message) => {
+    expect(() => parseImageConfig({ config })).toThrow(message);
   });
 
   it("reads diff ids and pairs them with layers", () => {
