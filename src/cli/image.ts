@@ -241,10 +241,15 @@ export async function imageLsCommand(flags: { imageDir: string; json: boolean })
 }
 
 export async function imageRmCommand(flags: { imageDir: string; ref: string }): Promise<number> {
-  const removed = await removeImage(flags.imageDir, flags.ref);
-  const name = removed.names.length > 0 ? removed.names.join(",") : removed.meta.name;
-  process.stdout.write(
-    `removed image ${name} (key ${removed.meta.key}, ${removed.meta.digest.slice(0, 19)})\n`,
-  );
+  const { image, untagged } = await removeImage(flags.imageDir, flags.ref);
+  const id = `key ${image.meta.key}, ${image.meta.digest.slice(0, 19)}`;
+  if (untagged !== null) {
+    process.stdout.write(
+      `removed the name ${untagged}; the image (${id}) stays, named ${image.names.join(",")}\n`,
+    );
+    return 0;
+  }
+  const name = image.names.length > 0 ? image.names.join(",") : image.meta.name;
+  process.stdout.write(`removed image ${name} (${id})\n`);
   return 0;
 }

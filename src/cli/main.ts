@@ -168,7 +168,9 @@ export async function main(argv: string[]): Promise<number> {
     });
   image
     .command("rm")
-    .description("remove an image")
+    .description(
+      "remove an image name; the image goes with its last name, or when given its key or digest",
+    )
     .argument("<image>", "name, key or digest prefix")
     .action(async (ref: string, _flags: unknown, cmd: Command) => {
       exitCode = await imageRmCommand({ imageDir: loadConfig(globalFlags(cmd)).imageDir, ref });

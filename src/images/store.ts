@@ -283,9 +283,14 @@ function notBuilt(ref: string, imageDir: string): CorralError {
     );
   }
   if (IMAGE_NAME.test(ref) && !/^(sha256:)?[0-9a-f]{8,}$/.test(ref)) {
+    // A recipe's name has no tag: a NAME:TAG can only come from an import.
+    const build = ref.includes(":")
+      ? ""
+      : `\`corral image build RECIPE.yaml\` with a recipe named ${ref}, or `;
     return new CorralError(
       "image_not_built",
-      `image "${ref}" is not built: run \`corral image build RECIPE.yaml\` with a recipe named ${ref}`,
+      `image "${ref}" is not built: run ${build}\`corral image import FILE --name ${ref}\``,
+      "`corral image ls` lists the images there are",
     );
   }
   return new CorralError(
@@ -376,12 +381,29 @@ export async function removeCacheDir(imageDir: string, dir: string): Promise<voi
   if (r.code !== 0) throw new CorralError("internal", `removing ${dir} failed: ${r.stderr.trim()}`);
 }
 
-/** Remove the image `ref` (and the names that point at it). */
-export async function removeImage(imageDir: string, ref: string): Promise<StoredImage> {
+/** What `removeImage` did: removed one name of the image, or the image itself. */
+export interface Removal {
+  image: StoredImage;
+  /** The name removed while other names still point at the image; null: the image went. */
+  untagged: string | null;
+}
+
+/**
+ * Remove `ref` as `docker rmi` does: given one of several names of an image, only that name
+ * goes; given its last name, or its key or digest, the image goes with all its names.
+ */
+export async function removeImage(imageDir: string, ref: string): Promise<Removal> {
   const image = await resolveImage(imageDir, ref);
   const key = image.meta.key;
+  const name = canonicalImageName(ref);
   const release = await takeImageLock(imageDir, key);
   try {
+    // The names as they are now, under the lock (another process may have changed them).
+    const names = [...(await readNames(imageDir))].filter(([, k]) => k === key).map(([n]) => n);
+    if (names.includes(name) && names.length > 1) {
+      await rm(path.join(imageDir, "names", name), { force: true });
+      return { image: { ...image, names: names.filter((n) => n !== name).sort() }, untagged: name };
+    }
     if (await imageInUse(image.dir)) {
       throw new CorralError(
         "busy",
@@ -399,7 +421,7 @@ export async function removeImage(imageDir: string, ref: string): Promise<Stored
   } finally {
     await release();
   }
-  return image;
+  return { image, untagged: null };
 }
 
 /** Ensure `imageDir` exists and can be traversed by the sandboxes' ids (o+x). */

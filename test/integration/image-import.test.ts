@@ -186,8 +186,20 @@ describe("corral image import", () => {
       digest,
       process: { entrypoint: null, cmd: null, workingDir: null },
     });
-    expect((await cli(["image", "rm", "oci-again"])).code).toBe(0);
+    // Two names, one image: rm of one name leaves the image under the other, as docker rmi.
+    const before = cacheEntries();
+    const untag = await cli(["image", "rm", "oci-again"]);
+    expect(untag).toMatchObject({ code: 0, stderr: "" });
+    expect(untag.stdout).toMatch(
+      /^removed the name oci-again; the image \(key [0-9a-f]{16}, sha256:[0-9a-f]{12}\) stays, named two-layers-oci\n$/,
+    );
+    expect(names()).toContain("two-layers-oci");
+    expect(names()).not.toContain("oci-again");
+    expect(cacheEntries()).toEqual(before);
+    const gone = await cli(["image", "rm", "two-layers-oci"]);
+    expect(gone.stdout).toMatch(/^removed image two-layers-oci \(key /);
     expect(names()).not.toContain("two-layers-oci");
+    expect(cacheEntries().length).toBe(before.length - 1);
   });
 
   it("a gzip-compressed root filesystem tarball (tar -C rootfs -czf x.tar.gz .) is one layer", async () => {
@@ -255,7 +267,14 @@ describe("corral image import", () => {
     expect(cacheEntries().length).toBe(before - 1);
     expect(names()).not.toContain("rootfs");
     const run = await cli(["run", "--image", "rootfs", "--lang", "shell", "-c", "true"]);
-    expectOneLineError(run, /image "rootfs" is not built/);
+    expectOneLineError(
+      run,
+      /image "rootfs" is not built: run `corral image build RECIPE.yaml` with a recipe named rootfs, or `corral image import FILE --name rootfs` \(`corral image ls` lists the images there are\)/,
+    );
+    expectOneLineError(
+      await cli(["image", "rm", "rootfs"]),
+      /image "rootfs" is not built: .*corral image import/,
+    );
   });
 });
 
