@@ -43,3 +43,44 @@ export function asCorralError(err: unknown): CorralError {
   const message = err instanceof Error ? err.message : String(err);
   return new CorralError("internal", `internal error: ${message}`, undefined, err);
 }
+
+/**
+ * Text from outside Corral (an archive's member names and header fields) made safe for a
+ * one-line message: a terminal never receives its control characters (an ESC could
+ * rewrite the screen), and invisible ones (bidi overrides) cannot hide what it says.
+ * Printable ASCII and printable Unicode letters, marks, digits, punctuation and symbols
+ * stay; `\n`, `\t` and `\r` are written so; other bytes below 256 as `\xNN`, anything else
+ * as `\u{...}`. A backslash is doubled, so the escapes cannot be forged.
+ */
+export function escapeUntrusted(text: string): string {
+  let out = "";
+  for (const ch of text) {
+    const cp = ch.codePointAt(0) ?? 0;
+    if (ch === "\\") out += "\\\\";
+    else if (cp >= 0x20 && cp < 0x7f) out += ch;
+    else if (ch === "\n") out += "\\n";
+    else if (ch === "\t") out += "\\t";
+    else if (ch === "\r") out += "\\r";
+    else if (cp >= 0xa0 && /^[\p{L}\p{M}\p{N}\p{P}\p{S}]$/u.test(ch)) out += ch;
+    else if (cp < 0x100) out += `\\x${cp.toString(16).padStart(2, "0")}`;
+    else out += `\\u{${cp.toString(16)}}`;
+  }
+  return out;
+}
+
+/** `escapeUntrusted` in double quotes (a `"` inside is escaped too), like JSON.stringify. */
+export function quoteUntrusted(text: string): string {
+  return `"${escapeUntrusted(text).replace(/"/g, '\\"')}"`;
+}
+
+/** Raw bytes (a header field of unknown encoding) for a message: printable ASCII, else `\xNN`. */
+export function quoteBytes(bytes: Uint8Array): string {
+  let out = "";
+  for (const b of bytes) {
+    if (b === 0x5c) out += "\\\\";
+    else if (b === 0x22) out += '\\"';
+    else if (b >= 0x20 && b < 0x7f) out += String.fromCharCode(b);
+    else out += `\\x${b.toString(16).padStart(2, "0")}`;
+  }
+  return `"${out}"`;
+}

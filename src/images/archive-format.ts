@@ -9,7 +9,7 @@
  *   indexes, by platform) → config and layers, all as blobs/<alg>/<hex>.
  * - Anything else is a root filesystem tarball (`docker export`): one layer, the archive.
  */
-import { CorralError } from "../core/errors.js";
+import { CorralError, quoteUntrusted } from "../core/errors.js";
 import { normaliseArchivePath } from "./import-policy.js";
 
 export type ArchiveFormat = "rootfs" | "docker-save" | "oci";
@@ -51,7 +51,7 @@ function memberPath(value: unknown, what: string): string {
   if (typeof value !== "string" || value === "") throw refuse(`${what} is not a file name`);
   const p = normaliseArchivePath(value);
   if (!p.ok || p.path === "")
-    throw refuse(`${what} ${JSON.stringify(value)} ${p.ok ? "is empty" : p.reason}`);
+    throw refuse(`${what} ${quoteUntrusted(value)} ${p.ok ? "is empty" : p.reason}`);
   return p.path;
 }
 

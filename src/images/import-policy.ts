@@ -25,6 +25,7 @@
  *   directory opaque; other `.wh..wh.` names are aufs bookkeeping and are skipped.
  */
 import { ID_RANGE_SIZE } from "../core/config.js";
+import { quoteUntrusted } from "../core/errors.js";
 import type { TarHeader } from "./tar.js";
 
 export const WHITEOUT_PREFIX = ".wh.";
@@ -85,7 +86,7 @@ export function decideTarEntry(h: TarHeader): EntryDecision {
   if (h.type === "other") {
     return {
       kind: "refuse",
-      reason: `its entry type ${JSON.stringify(h.typeflag)} is not supported`,
+      reason: `its entry type ${quoteUntrusted(h.typeflag)} is not supported`,
     };
   }
 

@@ -34,7 +34,7 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
-import { CorralError } from "../core/errors.js";
+import { CorralError, escapeUntrusted, quoteUntrusted } from "../core/errors.js";
 import { formatBytes, GiB } from "../core/limits.js";
 import {
   type ArchiveFormat,
@@ -183,13 +183,13 @@ function findMember(members: Map<string, Member>, name: string): FileMember {
   for (let hops = 0; hops < 8; hops++) {
     const p = normaliseArchivePath(current);
     const m = p.ok ? members.get(p.path) : undefined;
-    if (!m) throw new Refusal(`the archive has no member ${JSON.stringify(name)}`);
+    if (!m) throw new Refusal(`the archive has no member ${quoteUntrusted(name)}`);
     if (m.kind === "file") return m;
     if (m.kind === "other")
-      throw new Refusal(`archive member ${JSON.stringify(name)} is not a file`);
+      throw new Refusal(`archive member ${quoteUntrusted(name)} is not a file`);
     current = m.target;
   }
-  throw new Refusal(`archive member ${JSON.stringify(name)} is a loop of links`);
+  throw new Refusal(`archive member ${quoteUntrusted(name)} is a loop of links`);
 }
 
 function memberStream(tarFile: string, m: FileMember): AsyncIterable<Buffer> {
@@ -209,13 +209,14 @@ async function readMemberJson(
   name: string,
 ): Promise<unknown> {
   const m = findMember(members, name);
-  if (m.size > MAX_JSON) throw new Refusal(`archive member ${name} is too large for a JSON file`);
+  if (m.size > MAX_JSON)
+    throw new Refusal(`archive member ${quoteUntrusted(name)} is too large for a JSON file`);
   const chunks: Buffer[] = [];
   for await (const c of memberStream(tarFile, m)) chunks.push(c);
   try {
     return JSON.parse(Buffer.concat(chunks).toString("utf8"));
   } catch {
-    throw new Refusal(`archive member ${name} is not valid JSON`);
+    throw new Refusal(`archive member ${quoteUntrusted(name)} is not valid JSON`);
   }
 }
 
@@ -398,12 +399,12 @@ class LayerTree {
       }
       if (st.isSymbolicLink()) {
         throw new Refusal(
-          `${dir} is a symbolic link in the image: nothing may be written through it`,
+          `${escapeUntrusted(dir)} is a symbolic link in the image: nothing may be written through it`,
         );
       }
       if (!st.isDirectory()) {
         if (!create) return false;
-        throw new Refusal(`${dir} is not a directory in the image`);
+        throw new Refusal(`${escapeUntrusted(dir)} is not a directory in the image`);
       }
     }
     return true;
@@ -460,7 +461,9 @@ class LayerTree {
           const st = await lstatOrNull(this.abs(d.dir));
           if (st === null) return;
           if (st.isSymbolicLink()) {
-            throw new Refusal(`${d.dir} is a symbolic link in the image: it cannot be made opaque`);
+            throw new Refusal(
+              `${escapeUntrusted(d.dir)} is a symbolic link in the image: it cannot be made opaque`,
+            );
           }
           if (!st.isDirectory()) return;
         }
@@ -521,13 +524,17 @@ class LayerTree {
       case "hardlink": {
         this.countEntry();
         if (!(await this.parents(d.target, false))) {
-          throw new Refusal(`its hard link target ${d.target} is not in the image`);
+          throw new Refusal(
+            `its hard link target ${escapeUntrusted(d.target)} is not in the image`,
+          );
         }
         const target = await lstatOrNull(this.abs(d.target));
         if (target === null)
-          throw new Refusal(`its hard link target ${d.target} is not in the image`);
+          throw new Refusal(
+            `its hard link target ${escapeUntrusted(d.target)} is not in the image`,
+          );
         if (target.isDirectory())
-          throw new Refusal(`its hard link target ${d.target} is a directory`);
+          throw new Refusal(`its hard link target ${escapeUntrusted(d.target)} is a directory`);
         await this.parents(d.path, true);
         const abs = this.abs(d.path);
         const existing = await lstatOrNull(abs);
@@ -565,9 +572,9 @@ async function applyLayer(
         const reason =
           err instanceof CorralError
             ? err.message
-            : `${errno(err) ?? "error"}: ${(err as Error).message}`;
+            : `${errno(err) ?? "error"}: ${escapeUntrusted((err as Error).message)}`;
         const where = what === "the archive" ? "entry" : `${what} entry`;
-        throw new Refusal(`${where} ${JSON.stringify(entry.header.name)}: ${reason}`);
+        throw new Refusal(`${where} ${quoteUntrusted(entry.header.name)}: ${reason}`);
       }
     }
   } catch (err) {

@@ -401,6 +401,16 @@ describe("hostile archives are refused, and nothing is left behind", () => {
       /not a tar archive/,
     ],
     [
+      "garbage with terminal escapes where a header's checksum would be",
+      () => {
+        const b = Buffer.alloc(1024);
+        b.write("hello", 0, "latin1");
+        Buffer.from([0x1b, 0x5b, 0x33, 0x31, 0x6d, 0x88, 0xe9, 0]).copy(b, 148);
+        return b;
+      },
+      /not a tar archive: header checksum is not an octal number: "\\x1b\[31m\\x88\\xe9"$/m,
+    ],
+    [
       "a zstd archive",
       () => Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0]),
       /zstd-compressed; only gzip/,
@@ -413,6 +423,12 @@ describe("hostile archives are refused, and nothing is left behind", () => {
     const r = await cli(["image", "import", file, "--name", "hostile"]);
     expectOneLineError(r, message);
     expect(r.stderr).toMatch(/^corral: refusing to import hostile\.tar: /);
+    // Nothing of the archive reaches the terminal raw: no control character but the newline.
+    const controls = [...r.stderr.slice(0, -1)].filter((c) => {
+      const cp = c.codePointAt(0) ?? 0;
+      return cp < 0x20 || (cp >= 0x7f && cp < 0xa0);
+    });
+    expect(controls).toEqual([]);
     // No image, no staging directory, no name; the outside directory is as it was.
     expect(cacheEntries()).toEqual(before);
     expect(names()).not.toContain("hostile");
