@@ -6,7 +6,14 @@ export const EXIT_CORRAL_ERROR = 125;
 export const EXIT_TIMEOUT = 124;
 export const EXIT_OOM = 137;
 
-const EXIT_CODES: Partial<Record<ErrorCode, number>> = {};
+/** A program that could not start exits as `docker run` (and a shell) has it exit. */
+export const EXIT_NOT_EXECUTABLE = 126;
+export const EXIT_NOT_FOUND = 127;
+
+const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
+  program_not_found: EXIT_NOT_FOUND,
+  program_not_executable: EXIT_NOT_EXECUTABLE,
+};
 
 export function exitCodeFor(err: CorralError): number {
   return EXIT_CODES[err.code] ?? EXIT_CORRAL_ERROR;

@@ -16,6 +16,8 @@ export type ErrorCode =
   | "permission_denied" // refused by the sandbox's confinement or permissions (a path in /proc)
   | "too_large" // over a size cap (a file larger than the file API's maxFileBytes)
   | "not_enough_space" // the sandbox's disk or inode limit is reached
+  | "program_not_found" // the program to run is not in the image (exit 127, as docker and sh)
+  | "program_not_executable" // the program is there but cannot be executed (exit 126)
   | "internal"; // a bug: should never happen
 
 export class CorralError extends Error {

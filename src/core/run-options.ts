@@ -37,7 +37,13 @@ export function parseEnvFlags(list: readonly string[]): Record<string, string> {
   for (const item of list) {
     const eq = item.indexOf("=");
     const key = eq < 0 ? item : item.slice(0, eq);
-    if (eq < 0 || !ENV_NAME.test(key)) {
+    if (eq < 0 && ENV_NAME.test(key)) {
+      // Docker would copy the host's value here; a sandbox gets nothing of the host's.
+      throw invalid(
+        `--env ${key} has no value: give ${key}=VALUE (Corral never reads it from the host)`,
+      );
+    }
+    if (!ENV_NAME.test(key)) {
       throw invalid(
         `--env ${JSON.stringify(item)}: expected NAME=VALUE with NAME of letters, digits and _ (not starting with a digit)`,
       );

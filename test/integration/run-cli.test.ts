@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { beforeAll, describe, expect, it } from "vitest";
-import { corral, expectOneLineError } from "../helpers/cli.js";
+import { corral, expectOneLineError, type Ran } from "../helpers/cli.js";
 import { testDataDir } from "../helpers/sandbox.js";
 import { dockerSaveArchive } from "../helpers/tar-writer.js";
 import { buildTinybox } from "../helpers/tinybox.js";
@@ -70,11 +70,26 @@ describe("corral run -- ARGV in an image with only a static binary", () => {
     expect(byDigest).toMatchObject({ code: 0, stdout: "/work\n" });
   });
 
-  it("passes the program's exit code through; a missing program is one line and 125", async () => {
+  it("passes the program's exit code through; not found is 127, not executable 126, as docker", async () => {
     expect((await tiny(["--", "/tinybox", "exit", "7"])).code).toBe(7);
-    expectOneLineError(
+    const oneLine = (r: Ran, code: number, message: string) => {
+      expect(r).toMatchObject({ code, stdout: "", stderr: `corral: ${message}\n` });
+    };
+    oneLine(
       await tiny(["--", "/bin/sh", "-c", "true"]),
-      /exec \/bin\/sh: No such file or directory/,
+      127,
+      "program /bin/sh not found in the image",
+    );
+    oneLine(
+      await tiny(["--", "nosuchprog"]),
+      127,
+      "program nosuchprog not found in the image (looked up in its PATH)",
+    );
+    // A directory is there but cannot be executed.
+    oneLine(
+      await tiny(["--", "/work"]),
+      126,
+      "program /work is not executable in the image (permission denied)",
     );
   });
 
@@ -258,7 +273,12 @@ describe("corral run --db and --in with the default image", () => {
 
 describe("bad input to corral run is one line and exit 125", () => {
   it.each([
-    [["--env", "FOO", "--", "/tinybox"], /--env "FOO": expected NAME=VALUE/],
+    [
+      ["--env", "FOO", "--", "/tinybox"],
+      /--env FOO has no value: give FOO=VALUE \(Corral never reads it from the host\)/,
+    ],
+    [["--mem", "1k", "--", "/tinybox"], /memory limit \(--mem\) 1k is out of range: 8m to 1t$/m],
+    [["--timeout", "0", "--", "/tinybox"], /timeout \(--timeout\) 0ms is out of range: 1ms to 24h/],
     [["-e", "1X=y", "--", "/tinybox"], /--env "1X=y": expected NAME=VALUE/],
     [
       ["--in", "/nonexistent/file", "--", "/tinybox"],

@@ -21,8 +21,14 @@ describe("parseEnvFlags", () => {
     expect(parseEnvFlags([])).toEqual({});
   });
 
-  it.each([["FOO"], ["=x"], ["1A=x"], ["A-B=x"], ["A B=x"], [""]])("refuses %j", (item) => {
+  it.each([["=x"], ["1A=x"], ["A-B=x"], ["A B=x"], [""], ["1A"]])("refuses %j", (item) => {
     expect(() => parseEnvFlags([item])).toThrow(/--env .*: expected NAME=VALUE/);
+  });
+
+  it("says a valid name without a value has no value: the host's is never taken", () => {
+    expect(() => parseEnvFlags(["FOO"])).toThrow(
+      "--env FOO has no value: give FOO=VALUE (Corral never reads it from the host)",
+    );
   });
 });
 
