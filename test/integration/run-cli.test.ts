@@ -219,6 +219,17 @@ describe("an imported image's Entrypoint, Cmd and WorkingDir, as docker run uses
     expect((await img("cmd-only", ["--", "/tinybox", "pwd"])).stdout).toBe("/work\n");
   });
 
+  it("an imported image shifted for another uid base says to import it again", async () => {
+    const r = await corral(
+      ["--data-dir", dataDir, "--image-dir", imageDir, "run", "--image", "ep"],
+      { env: { CORRAL_UID_BASE: "200000000" } },
+    );
+    expectOneLineError(
+      r,
+      /image "ep" was shifted to uid base 100000000, but this configuration uses 200000000 \(import ep\.tar again with `corral image import`\)/,
+    );
+  });
+
   it("an image with neither says what to give", async () => {
     expectOneLineError(
       await tiny([]),
