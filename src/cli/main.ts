@@ -181,7 +181,10 @@ export async function main(argv: string[]): Promise<number> {
     .description("remove sandboxes whose owner died (containers, mounts, loop devices, cgroups)")
     .option("--dry-run", "only report what would be removed")
     .option("--json", "print JSON")
-    .option("--force", "also remove server-owned sandboxes whose server is gone")
+    .option(
+      "--force",
+      "no effect yet: set aside for server-owned sandboxes (there is no server yet); a sandbox is removed once its process is gone, with or without it",
+    )
     .option("--pool", "also remove the ready entries of the layer pool")
     .action(async (flags: { dryRun?: boolean; json?: boolean; pool?: boolean }, cmd: Command) => {
       exitCode = await gcCommand(loadConfig(globalFlags(cmd)), flags);
