@@ -7,6 +7,7 @@ import { importImage } from "../images/import.js";
 import { findHostMirror } from "../images/mirror.js";
 import { loadDefaultRecipe, loadRecipe, type Recipe } from "../images/recipe.js";
 import { listImages, removeImage, type StoredImage } from "../images/store.js";
+import { formatTable } from "./output.js";
 
 export interface ImageBuildFlags {
   /** A recipe file; the built-in recipe when absent. */
@@ -202,18 +203,6 @@ export async function imageImportCommand(flags: ImageImportFlags): Promise<numbe
   return 0;
 }
 
-function table(rows: string[][]): string {
-  const widths: number[] = [];
-  for (const row of rows) {
-    for (const [i, cell] of row.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length);
-  }
-  return rows
-    .map((row) =>
-      row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  "),
-    )
-    .join("\n");
-}
-
 export async function imageLsCommand(flags: { imageDir: string; json: boolean }): Promise<number> {
   const images = await listImages(flags.imageDir);
   if (flags.json) {
@@ -236,7 +225,7 @@ export async function imageLsCommand(flags: { imageDir: string; json: boolean })
       img.meta.created.replace("T", " ").slice(0, 16),
     ]);
   }
-  process.stdout.write(`${table(rows)}\n`);
+  process.stdout.write(`${formatTable(rows)}\n`);
   return 0;
 }
 

@@ -8,6 +8,7 @@ import { CorralError } from "../core/errors.js";
 import { configCommand } from "./config.js";
 import { demoCommand } from "./demo.js";
 import { doctorCommand } from "./doctor.js";
+import { type EventsFlags, eventsCommand } from "./events.js";
 import { gcCommand } from "./gc.js";
 import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { EXIT_CORRAL_ERROR, reportError } from "./output.js";
@@ -188,6 +189,21 @@ export async function main(argv: string[]): Promise<number> {
     .option("--pool", "also remove the ready entries of the layer pool")
     .action(async (flags: { dryRun?: boolean; json?: boolean; pool?: boolean }, cmd: Command) => {
       exitCode = await gcCommand(loadConfig(globalFlags(cmd)), flags);
+    });
+
+  program
+    .command("events")
+    .description("list the data directory's event log, or check its hash chain (--verify)")
+    .option("--sandbox <id>", "only the events of this sandbox (sb-...)")
+    .option(
+      "--kind <kind>",
+      "only this kind (exec, sandbox.create...) or family (sandbox, file...)",
+    )
+    .option("--limit <n>", "only the last N events (of those that match)")
+    .option("--json", "print the events as JSON, with their hashes")
+    .option("--verify", "recompute the hash chain: exit 0 when intact, 1 at the first bad event")
+    .action(async (flags: EventsFlags, cmd: Command) => {
+      exitCode = await eventsCommand(loadConfig(globalFlags(cmd)), flags);
     });
 
   program
