@@ -6,24 +6,28 @@
 import { createHash } from "node:crypto";
 import type { Db } from "../store/db.js";
 
-export type EventKind =
-  | "sandbox.create"
-  | "sandbox.self_check"
-  | "sandbox.destroy"
-  | "exec"
-  | "session.end"
-  | "files.out"
-  | "files.changed"
-  | "file.read"
-  | "file.write"
-  | "file.list"
-  | "file.stat"
-  | "file.mkdir"
-  | "file.remove"
-  | "file.rename"
-  | "gc.remove"
-  | "image.build"
-  | "image.remove";
+/** Every kind of event, as data: `corral events --kind` checks what it is given against it. */
+export const EVENT_KINDS = [
+  "sandbox.create",
+  "sandbox.self_check",
+  "sandbox.destroy",
+  "exec",
+  "session.end",
+  "files.out",
+  "files.changed",
+  "file.read",
+  "file.write",
+  "file.list",
+  "file.stat",
+  "file.mkdir",
+  "file.remove",
+  "file.rename",
+  "gc.remove",
+  "image.build",
+  "image.remove",
+] as const;
+
+export type EventKind = (typeof EVENT_KINDS)[number];
 
 export type Outcome = "ok" | "error" | "denied" | "timeout" | "oom" | "killed";
 
@@ -96,30 +100,97 @@ export class EventLog {
     return this.append.immediate(input);
   }
 
-  list(filter: { sandbox?: string; limit?: number } = {}): StoredEvent[] {
+  /**
+   * The events in order, optionally of one sandbox and of one kind (`exec`) or family of
+   * kinds (`file` is every `file.*`); with `limit`, the last that many of those.
+   */
+  list(filter: { sandbox?: string; kind?: string; limit?: number } = {}): StoredEvent[] {
+    const where = [
+      ...(filter.sandbox ? ["sandbox = @sandbox"] : []),
+      ...(filter.kind
+        ? ["(kind = @kind OR substr(kind, 1, length(@kind) + 1) = @kind || '.')"]
+        : []),
+    ];
     const rows = this.db
       .prepare(
         `SELECT seq, time, principal, sandbox, kind, details, outcome, prev_hash AS prevHash, hash
-         FROM events ${filter.sandbox ? "WHERE sandbox = @sandbox" : ""}
+         FROM events ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""}
          ORDER BY seq ${filter.limit ? "DESC LIMIT @limit" : ""}`,
       )
-      .all({ sandbox: filter.sandbox, limit: filter.limit }) as (Omit<StoredEvent, "details"> & {
-      details: string;
-    })[];
-    const events = rows.map((r) => ({
-      ...r,
-      details: JSON.parse(r.details) as Record<string, unknown>,
-    }));
+      .all({ sandbox: filter.sandbox, kind: filter.kind, limit: filter.limit }) as RawEvent[];
+    const events = rows.map((r) => ({ ...r, details: parseDetails(r.details) }));
     return filter.limit ? events.reverse() : events;
   }
 
   /** Recompute the chain; the first broken link's seq, or null when intact. */
   verify(): number | null {
+    const r = this.verifyChain();
+    return r.intact ? null : r.seq;
+  }
+
+  /**
+   * Recompute the chain from the first event, row by row as stored (a row whose details are
+   * not even JSON is a broken link too), and say where and how it first breaks. This finds
+   * an event changed, removed or moved after it was written; it cannot find the last events
+   * removed, or a chain rewritten from scratch (that needs checkpoints kept elsewhere).
+   */
+  verifyChain(): ChainCheck {
     let prev = GENESIS_HASH;
-    for (const e of this.list()) {
-      if (e.prevHash !== prev || eventHash(prev, e) !== e.hash) return e.seq;
-      prev = e.hash;
+    let prevSeq: number | null = null;
+    let events = 0;
+    const rows = this.db
+      .prepare(
+        `SELECT seq, time, principal, sandbox, kind, details, outcome, prev_hash AS prevHash, hash
+         FROM events ORDER BY seq`,
+      )
+      .iterate() as IterableIterator<RawEvent>;
+    for (const row of rows) {
+      events++;
+      const after = prevSeq === null ? "the start of the log" : `event ${prevSeq}`;
+      let details: Record<string, unknown>;
+      try {
+        details = JSON.parse(row.details) as Record<string, unknown>;
+      } catch {
+        return { intact: false, seq: row.seq, events, reason: "its details are not valid JSON" };
+      }
+      if (row.prevHash !== prev) {
+        return {
+          intact: false,
+          seq: row.seq,
+          events,
+          reason: `it does not follow ${after}: an event before it was removed, added or changed`,
+        };
+      }
+      if (eventHash(prev, { ...row, details }) !== row.hash) {
+        return {
+          intact: false,
+          seq: row.seq,
+          events,
+          reason: "its content does not match its hash: it was changed after it was written",
+        };
+      }
+      prev = row.hash;
+      prevSeq = row.seq;
     }
-    return null;
+    return { intact: true, events, head: events > 0 ? prev : null };
   }
 }
+
+type RawEvent = Omit<StoredEvent, "details"> & { details: string };
+
+/** A row's details; a damaged row (not JSON) is still listed, its text kept as it is. */
+function parseDetails(text: string): Record<string, unknown> {
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (v !== null && typeof v === "object" && !Array.isArray(v))
+      return v as Record<string, unknown>;
+  } catch {
+    // below
+  }
+  return { unreadable: text };
+}
+
+/** What `verifyChain` found. */
+export type ChainCheck =
+  | { intact: true; events: number; head: string | null }
+  | { intact: false; seq: number; events: number; reason: string };

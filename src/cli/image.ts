@@ -7,6 +7,7 @@ import { importImage } from "../images/import.js";
 import { findHostMirror } from "../images/mirror.js";
 import { loadDefaultRecipe, loadRecipe, type Recipe } from "../images/recipe.js";
 import { listImages, removeImage, type StoredImage } from "../images/store.js";
+import { formatTable } from "./output.js";
 
 export interface ImageBuildFlags {
   /** A recipe file; the built-in recipe when absent. */
@@ -186,8 +187,11 @@ export async function imageImportCommand(flags: ImageImportFlags): Promise<numbe
   if (stats && stats.strippedSpecialBits > 0) {
     notes += `  note    setuid/setgid bits stripped from ${stats.strippedSpecialBits} file(s)\n`;
   }
-  if (stats && stats.skipped > 0) {
-    notes += `  note    ${stats.skipped} FIFO(s) or aufs metadata entries skipped\n`;
+  if (stats && stats.skippedFifos > 0) {
+    notes += `  note    ${stats.skippedFifos} FIFO(s) skipped (a program can make one at run time)\n`;
+  }
+  if (stats && stats.skippedAufsMetadata > 0) {
+    notes += `  note    ${stats.skippedAufsMetadata} aufs metadata entr${stats.skippedAufsMetadata === 1 ? "y" : "ies"} skipped\n`;
   }
   process.stdout.write(
     `image ${name} ${how} from ${meta.source?.file ?? flags.file}${source}\n` +
@@ -197,18 +201,6 @@ export async function imageImportCommand(flags: ImageImportFlags): Promise<numbe
       `  rootfs  ${result.rootfs}\n${notes}`,
   );
   return 0;
-}
-
-function table(rows: string[][]): string {
-  const widths: number[] = [];
-  for (const row of rows) {
-    for (const [i, cell] of row.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length);
-  }
-  return rows
-    .map((row) =>
-      row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  "),
-    )
-    .join("\n");
 }
 
 export async function imageLsCommand(flags: { imageDir: string; json: boolean }): Promise<number> {
@@ -233,15 +225,20 @@ export async function imageLsCommand(flags: { imageDir: string; json: boolean })
       img.meta.created.replace("T", " ").slice(0, 16),
     ]);
   }
-  process.stdout.write(`${table(rows)}\n`);
+  process.stdout.write(`${formatTable(rows)}\n`);
   return 0;
 }
 
 export async function imageRmCommand(flags: { imageDir: string; ref: string }): Promise<number> {
-  const removed = await removeImage(flags.imageDir, flags.ref);
-  const name = removed.names.length > 0 ? removed.names.join(",") : removed.meta.name;
-  process.stdout.write(
-    `removed image ${name} (key ${removed.meta.key}, ${removed.meta.digest.slice(0, 19)})\n`,
-  );
+  const { image, untagged } = await removeImage(flags.imageDir, flags.ref);
+  const id = `key ${image.meta.key}, ${image.meta.digest.slice(0, 19)}`;
+  if (untagged !== null) {
+    process.stdout.write(
+      `removed the name ${untagged}; the image (${id}) stays, named ${image.names.join(",")}\n`,
+    );
+    return 0;
+  }
+  const name = image.names.length > 0 ? image.names.join(",") : image.meta.name;
+  process.stdout.write(`removed image ${name} (${id})\n`);
   return 0;
 }

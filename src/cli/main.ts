@@ -8,6 +8,7 @@ import { CorralError } from "../core/errors.js";
 import { configCommand } from "./config.js";
 import { demoCommand } from "./demo.js";
 import { doctorCommand } from "./doctor.js";
+import { type EventsFlags, eventsCommand } from "./events.js";
 import { gcCommand } from "./gc.js";
 import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { EXIT_CORRAL_ERROR, reportError } from "./output.js";
@@ -56,10 +57,15 @@ export async function main(argv: string[]): Promise<number> {
   const collect = (value: string, previous: string[]): string[] => [...previous, value];
   program
     .command("run")
-    .description("run code, or a program (after --), in a fresh sandbox and destroy it")
-    .usage("[options] (--lang L (FILE | - | -c CODE) | -- PROGRAM [ARGS...])")
+    .description(
+      "run code, a program (after --), or the image's Entrypoint and Cmd, in a fresh sandbox and destroy it",
+    )
+    .usage("[options] (--lang L (FILE | - | -c CODE) | -- PROGRAM [ARGS...] | [-- ARGS...])")
     .argument("[file]", "a file with the code ('-' reads standard input)")
-    .argument("[args...]", "after --: the program and its arguments, run with no shell")
+    .argument(
+      "[args...]",
+      "after --: the program and its arguments, run with no shell (after the image's Entrypoint, replacing its Cmd)",
+    )
     .option("--lang <language>", "python, r, shell or sql")
     .option("-c, --code <code>", "the code itself, instead of a file")
     .option("--image <name>", "image name, key or digest", "default")
@@ -136,7 +142,10 @@ export async function main(argv: string[]): Promise<number> {
     .command("import")
     .description("import a root filesystem tarball, a docker save archive or an OCI archive")
     .argument("<file>", "the archive (.tar, or gzip-compressed)")
-    .option("--name <name>", "the image's name (default: from the file's name)")
+    .option(
+      "--name <name>",
+      "NAME or NAME:TAG (default: the archive's RepoTag or OCI reference, else the file's name)",
+    )
     .option("--json", "print the image as JSON")
     .action(async (file: string, flags: { name?: string; json?: boolean }, cmd: Command) => {
       const config = loadConfig(globalFlags(cmd));
@@ -160,7 +169,9 @@ export async function main(argv: string[]): Promise<number> {
     });
   image
     .command("rm")
-    .description("remove an image")
+    .description(
+      "remove an image name; the image goes with its last name, or when given its key or digest",
+    )
     .argument("<image>", "name, key or digest prefix")
     .action(async (ref: string, _flags: unknown, cmd: Command) => {
       exitCode = await imageRmCommand({ imageDir: loadConfig(globalFlags(cmd)).imageDir, ref });
@@ -171,10 +182,28 @@ export async function main(argv: string[]): Promise<number> {
     .description("remove sandboxes whose owner died (containers, mounts, loop devices, cgroups)")
     .option("--dry-run", "only report what would be removed")
     .option("--json", "print JSON")
-    .option("--force", "also remove server-owned sandboxes whose server is gone")
+    .option(
+      "--force",
+      "no effect yet: set aside for server-owned sandboxes (there is no server yet); a sandbox is removed once its process is gone, with or without it",
+    )
     .option("--pool", "also remove the ready entries of the layer pool")
     .action(async (flags: { dryRun?: boolean; json?: boolean; pool?: boolean }, cmd: Command) => {
       exitCode = await gcCommand(loadConfig(globalFlags(cmd)), flags);
+    });
+
+  program
+    .command("events")
+    .description("list the data directory's event log, or check its hash chain (--verify)")
+    .option("--sandbox <id>", "only the events of this sandbox (sb-...)")
+    .option(
+      "--kind <kind>",
+      "only this kind (exec, sandbox.create...) or family (sandbox, file...)",
+    )
+    .option("--limit <n>", "only the last N events (of those that match)")
+    .option("--json", "print the events as JSON, with their hashes")
+    .option("--verify", "recompute the hash chain: exit 0 when intact, 1 at the first bad event")
+    .action(async (flags: EventsFlags, cmd: Command) => {
+      exitCode = await eventsCommand(loadConfig(globalFlags(cmd)), flags);
     });
 
   program

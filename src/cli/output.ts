@@ -6,7 +6,14 @@ export const EXIT_CORRAL_ERROR = 125;
 export const EXIT_TIMEOUT = 124;
 export const EXIT_OOM = 137;
 
-const EXIT_CODES: Partial<Record<ErrorCode, number>> = {};
+/** A program that could not start exits as `docker run` (and a shell) has it exit. */
+export const EXIT_NOT_EXECUTABLE = 126;
+export const EXIT_NOT_FOUND = 127;
+
+const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
+  program_not_found: EXIT_NOT_FOUND,
+  program_not_executable: EXIT_NOT_EXECUTABLE,
+};
 
 export function exitCodeFor(err: CorralError): number {
   return EXIT_CODES[err.code] ?? EXIT_CORRAL_ERROR;
@@ -26,3 +33,16 @@ export function reportError(err: unknown): number {
 }
 
 export { CorralError };
+
+/** Rows as aligned columns (two spaces apart; the last column is not padded). */
+export function formatTable(rows: readonly (readonly string[])[]): string {
+  const widths: number[] = [];
+  for (const row of rows) {
+    for (const [i, cell] of row.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length);
+  }
+  return rows
+    .map((row) =>
+      row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  "),
+    )
+    .join("\n");
+}

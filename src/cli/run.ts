@@ -1,7 +1,7 @@
 /**
  * `corral run`: one program in a fresh sandbox, streamed live, then destroyed. The program
  * is code in a language (`--lang L FILE | -c CODE`) or, Docker-style, an argv run directly
- * with no shell (`-- PROGRAM ARGS...`).
+ * with no shell: the image's Entrypoint followed by `-- ARGS...` or else by its Cmd.
  */
 import { readFile } from "node:fs/promises";
 import type { CorralConfig } from "../core/config.js";
@@ -10,6 +10,7 @@ import { parseLanguage, SQL_DATABASE } from "../core/languages.js";
 import { formatBytes, limitsFromFlags } from "../core/limits.js";
 import {
   chooseRunProgram,
+  imageProgramArgv,
   parseEnvFlags,
   parseWorkdir,
   planHostInputs,
@@ -94,7 +95,7 @@ export async function runCommandLine(
   });
   const language = choice.kind === "code" ? parseLanguage(choice.language) : undefined;
   const env = parseEnvFlags(flags.env ?? []);
-  const cwd = flags.workdir !== undefined ? parseWorkdir(flags.workdir) : undefined;
+  const workdir = flags.workdir !== undefined ? parseWorkdir(flags.workdir) : undefined;
   const hostInputs = planHostInputs(
     { in: flags.in ?? [], ...(flags.db !== undefined ? { db: flags.db } : {}) },
     process.cwd(),
@@ -114,10 +115,7 @@ export async function runCommandLine(
     ...(flags.ioReadIops !== undefined ? { ioReadIops: flags.ioReadIops } : {}),
     ...(flags.ioWriteIops !== undefined ? { ioWriteIops: flags.ioWriteIops } : {}),
   });
-  const program: RunProgram =
-    choice.kind === "argv"
-      ? { argv: choice.argv }
-      : { language: language!, code: await readCode(choice.source) };
+  const code = choice.kind === "code" ? await readCode(choice.source) : undefined;
   for (const input of hostInputs) {
     await checkHostInput(
       input,
@@ -126,6 +124,15 @@ export async function runCommandLine(
   }
   await checkHostPrerequisites(config, limits);
   const image = await loadImageRef(config, flags.image);
+  // A program (not code) runs as `docker run` runs it: after the image's Entrypoint, in its
+  // WorkingDir. Code runs in /work, where --in, --db and --out work.
+  const program: RunProgram =
+    choice.kind === "code"
+      ? { language: language!, code: code! }
+      : {
+          argv: imageProgramArgv(image, flags.image, choice.kind === "argv" ? choice.argv : null),
+        };
+  const cwd = workdir ?? (choice.kind === "code" ? undefined : image.workingDir);
   const host = await openHost(config);
   let active: Sandbox | null = null;
   let creating = false;

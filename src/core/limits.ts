@@ -233,13 +233,65 @@ const LIMIT_NAMES: Record<keyof Limits, string> = {
   inodes: "inode limit (--inodes)",
   openFiles: "open files limit (--open-files)",
   fileSizeBytes: "file size limit (--file-size)",
-  timeoutMs: "timeout in ms (--timeout)",
-  outputCapBytes: "output cap in bytes (--output-cap)",
-  ioReadBps: "read bandwidth in bytes/s (--io-read-bps)",
-  ioWriteBps: "write bandwidth in bytes/s (--io-write-bps)",
+  timeoutMs: "timeout (--timeout)",
+  outputCapBytes: "output cap (--output-cap)",
+  ioReadBps: "read bandwidth per second (--io-read-bps)",
+  ioWriteBps: "write bandwidth per second (--io-write-bps)",
   ioReadIops: "read IOPS (--io-read-iops)",
   ioWriteIops: "write IOPS (--io-write-iops)",
 };
+
+/** What unit each limit's flag is typed in, so that a message can speak it back. */
+const LIMIT_UNITS: Record<keyof Limits, "size" | "duration" | "number"> = {
+  memoryBytes: "size",
+  cpus: "number",
+  pids: "number",
+  diskBytes: "size",
+  inodes: "number",
+  openFiles: "number",
+  fileSizeBytes: "size",
+  timeoutMs: "duration",
+  outputCapBytes: "size",
+  ioReadBps: "size",
+  ioWriteBps: "size",
+  ioReadIops: "number",
+  ioWriteIops: "number",
+};
+
+/** Bytes as the size flags take them, in the largest unit that is exact: 8m, 1t, 1536k, 100. */
+export function formatSizeFlag(bytes: number): string {
+  if (!Number.isInteger(bytes) || bytes <= 0) return String(bytes);
+  for (const [unit, size] of [
+    ["t", 1024 * GiB],
+    ["g", GiB],
+    ["m", MiB],
+    ["k", 1024],
+  ] as const) {
+    if (bytes % size === 0) return `${bytes / size}${unit}`;
+  }
+  return String(bytes);
+}
+
+/** Milliseconds as --timeout takes them, in the largest unit that is exact: 24h, 90s, 1ms. */
+export function formatDurationFlag(ms: number): string {
+  if (!Number.isInteger(ms) || ms <= 0) return `${ms}ms`;
+  for (const [unit, size] of [
+    ["h", 3_600_000],
+    ["m", 60_000],
+    ["s", 1000],
+  ] as const) {
+    if (ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** A value of limit `key` in the units of its flag. */
+export function formatLimitFlag(key: keyof Limits, value: number): string {
+  const unit = LIMIT_UNITS[key];
+  if (unit === "size") return formatSizeFlag(value);
+  if (unit === "duration") return formatDurationFlag(value);
+  return String(value);
+}
 
 /** Limits for which 0 is allowed outside the range, meaning "no limit". */
 const ZERO_IS_UNLIMITED: ReadonlySet<keyof Limits> = new Set<keyof Limits>(IO_LIMIT_KEYS);
@@ -254,9 +306,11 @@ export function checkLimits(limits: Limits): Limits {
     // I/O rates reach the kernel as integers: a fraction would fail in runc, not here.
     const badInteger = ZERO_IS_UNLIMITED.has(key) && !Number.isInteger(v);
     if (!Number.isFinite(v) || badInteger || v < lo || v > hi) {
+      const f = (n: number) => formatLimitFlag(key, n);
+      const unlimited = ZERO_IS_UNLIMITED.has(key) ? ", or unlimited" : "";
       throw new CorralError(
         "invalid_argument",
-        `${LIMIT_NAMES[key]} ${v} is out of range [${lo}, ${hi}]`,
+        `${LIMIT_NAMES[key]} ${f(v)} is out of range: ${f(lo)} to ${f(hi)}${unlimited}`,
       );
     }
   }

@@ -37,7 +37,13 @@ export function parseEnvFlags(list: readonly string[]): Record<string, string> {
   for (const item of list) {
     const eq = item.indexOf("=");
     const key = eq < 0 ? item : item.slice(0, eq);
-    if (eq < 0 || !ENV_NAME.test(key)) {
+    if (eq < 0 && ENV_NAME.test(key)) {
+      // Docker would copy the host's value here; a sandbox gets nothing of the host's.
+      throw invalid(
+        `--env ${key} has no value: give ${key}=VALUE (Corral never reads it from the host)`,
+      );
+    }
+    if (!ENV_NAME.test(key)) {
       throw invalid(
         `--env ${JSON.stringify(item)}: expected NAME=VALUE with NAME of letters, digits and _ (not starting with a digit)`,
       );
@@ -117,10 +123,17 @@ export function planHostInputs(
   return inputs;
 }
 
-/** What `corral run` runs: code in a language, or a program's argv directly (after `--`). */
+/**
+ * What `corral run` runs: code in a language; the arguments after `--` (a program's argv,
+ * after the image's Entrypoint if it has one); or, given neither, what the image runs by
+ * default (its Entrypoint and Cmd), as `docker run IMAGE [ARGS...]` does.
+ */
 export type RunProgramChoice =
   | { kind: "code"; language: string; source: { file: string } | { code: string } }
-  | { kind: "argv"; argv: string[] };
+  | { kind: "argv"; argv: string[] }
+  | { kind: "image" };
+
+const LANGUAGE_CHOICES = "python|r|shell|sql";
 
 /**
  * From the operands and flags to the one program to run. `argvAfterDash` is what followed
@@ -149,7 +162,13 @@ export function chooseRunProgram(input: {
     return { kind: "argv", argv: [...argvAfterDash] };
   }
   if (lang === undefined) {
-    throw invalid("nothing to run: give --lang LANGUAGE (FILE | -c CODE), or -- PROGRAM ARGS...");
+    if (code !== undefined) throw invalid(`-c needs --lang ${LANGUAGE_CHOICES}`);
+    if (operands.length > 0) {
+      throw invalid(
+        `${JSON.stringify(operands[0])} needs --lang ${LANGUAGE_CHOICES} to run as code; a program and its arguments go after -- (corral run -- PROGRAM ARGS...)`,
+      );
+    }
+    return { kind: "image" };
   }
   if (operands.length > 1) {
     throw invalid(`too many arguments: ${operands.join(" ")} (a program's arguments go after --)`);
@@ -169,4 +188,23 @@ export function chooseRunProgram(input: {
 /** `--workdir DIR`: absolute or relative to /work, no "..". */
 export function parseWorkdir(text: string): string {
   return sandboxPath(text, `--workdir ${text}`);
+}
+
+/**
+ * The argv a program choice runs in an image, as `docker run IMAGE [ARGS...]` builds it:
+ * the image's Entrypoint, then the arguments given after `--`, or else its Cmd. `args` is
+ * null when nothing followed `--` (no `--` at all).
+ */
+export function imageProgramArgv(
+  image: { entrypoint?: readonly string[]; cmd?: readonly string[] },
+  imageName: string,
+  args: readonly string[] | null,
+): string[] {
+  const argv = [...(image.entrypoint ?? []), ...(args ?? image.cmd ?? [])];
+  if (argv.length === 0 || argv[0] === "") {
+    throw invalid(
+      `nothing to run: image ${JSON.stringify(imageName)} has no Entrypoint or Cmd; give --lang ${LANGUAGE_CHOICES} with -c CODE or a FILE, or -- PROGRAM [ARGS...]`,
+    );
+  }
+  return argv;
 }

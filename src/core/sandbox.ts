@@ -16,6 +16,11 @@ export interface ImageRef {
   digest: string;
   rootfs: string;
   env: Record<string, string>;
+  /** What the image runs by default (from an imported image's config), as `docker run` does. */
+  entrypoint?: string[];
+  cmd?: string[];
+  /** The directory a program given by argv runs in, unless `--workdir` says otherwise. */
+  workingDir?: string;
 }
 
 /**

@@ -9,7 +9,7 @@
  *   indexes, by platform) → config and layers, all as blobs/<alg>/<hex>.
  * - Anything else is a root filesystem tarball (`docker export`): one layer, the archive.
  */
-import { CorralError } from "../core/errors.js";
+import { CorralError, quoteUntrusted } from "../core/errors.js";
 import { normaliseArchivePath } from "./import-policy.js";
 
 export type ArchiveFormat = "rootfs" | "docker-save" | "oci";
@@ -23,7 +23,16 @@ export interface LayerRef {
   diffSha256?: string;
 }
 
-export interface ImageConfigInfo {
+/** What an image runs when given no program, as its config says (`docker run IMAGE`). */
+export interface ImageProcess {
+  /** Always run first; arguments after `--` replace `cmd`, never this. */
+  entrypoint: string[] | null;
+  cmd: string[] | null;
+  /** Absolute and normalised; null when the config has none. */
+  workingDir: string | null;
+}
+
+export interface ImageConfigInfo extends ImageProcess {
   env: Record<string, string>;
   architecture?: string;
 }
@@ -42,7 +51,7 @@ function memberPath(value: unknown, what: string): string {
   if (typeof value !== "string" || value === "") throw refuse(`${what} is not a file name`);
   const p = normaliseArchivePath(value);
   if (!p.ok || p.path === "")
-    throw refuse(`${what} ${JSON.stringify(value)} ${p.ok ? "is empty" : p.reason}`);
+    throw refuse(`${what} ${quoteUntrusted(value)} ${p.ok ? "is empty" : p.reason}`);
   return p.path;
 }
 
@@ -53,15 +62,22 @@ function blobNameSha256(member: string): string | undefined {
   return /^blobs\/sha256\/([0-9a-f]{64})$/.exec(member)?.[1];
 }
 
-/** manifest.json of `docker save`: exactly one image, its config member and layers. */
-export function parseDockerManifest(json: unknown): { config: string; layers: LayerRef[] } {
+/**
+ * manifest.json of `docker save`: exactly one image, its config member, its layers and
+ * its RepoTags ("mini:layered"; none when the image was saved by id).
+ */
+export function parseDockerManifest(json: unknown): {
+  config: string;
+  layers: LayerRef[];
+  repoTags: string[];
+} {
   if (!Array.isArray(json)) throw refuse("manifest.json is not a list of images");
   if (json.length !== 1) {
     throw refuse(
       `manifest.json lists ${json.length} images; save one image per archive (docker save IMAGE)`,
     );
   }
-  const image = json[0] as { Config?: unknown; Layers?: unknown };
+  const image = json[0] as { Config?: unknown; Layers?: unknown; RepoTags?: unknown };
   const config = memberPath(image.Config, "manifest.json's Config");
   if (!Array.isArray(image.Layers)) throw refuse("manifest.json's Layers is not a list");
   const layers = image.Layers.map((l, i): LayerRef => {
@@ -69,7 +85,10 @@ export function parseDockerManifest(json: unknown): { config: string; layers: La
     const stored = blobNameSha256(member);
     return { member, ...(stored ? { storedSha256: stored } : {}) };
   });
-  return { config, layers };
+  const repoTags = Array.isArray(image.RepoTags)
+    ? image.RepoTags.filter((t): t is string => typeof t === "string")
+    : [];
+  return { config, layers, repoTags };
 }
 
 /** The "diff_ids" of an image config (uncompressed layer digests), when it has them. */
@@ -96,9 +115,43 @@ export function withDiffIds(layers: LayerRef[], diffIds: string[] | undefined): 
 
 const PATH_DEFAULT = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/** The environment and architecture an image config declares (PATH defaulted). */
+/** An argv of the config (Entrypoint, Cmd): a list of strings without NUL, or null. */
+function configArgv(value: unknown, what: string): string[] | null {
+  if (value === undefined || value === null) return null;
+  if (!Array.isArray(value) || value.some((a) => typeof a !== "string")) {
+    throw refuse(`the image config's ${what} is not a list of strings`);
+  }
+  if (value.some((a: string) => a.includes("\0")))
+    throw refuse(`the image config's ${what} contains a NUL byte`);
+  return value.length === 0 ? null : [...(value as string[])];
+}
+
+/**
+ * The config's WorkingDir, absolute and normalised (Docker takes a relative one from
+ * "/"); ".." cannot climb above the root. Null when empty or absent.
+ */
+function configWorkingDir(value: unknown): string | null {
+  if (value === undefined || value === null || value === "") return null;
+  if (typeof value !== "string") throw refuse("the image config's WorkingDir is not a string");
+  if (value.includes("\0")) throw refuse("the image config's WorkingDir contains a NUL byte");
+  const parts: string[] = [];
+  for (const part of value.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return `/${parts.join("/")}`;
+}
+
+/**
+ * What an image config declares: the environment (PATH defaulted), the architecture, and
+ * what runs by default (Entrypoint, Cmd, WorkingDir).
+ */
 export function parseImageConfig(json: unknown): ImageConfigInfo {
-  const root = (json ?? {}) as { architecture?: unknown; config?: { Env?: unknown } | null };
+  const root = (json ?? {}) as {
+    architecture?: unknown;
+    config?: { Env?: unknown; Entrypoint?: unknown; Cmd?: unknown; WorkingDir?: unknown } | null;
+  };
   const env: Record<string, string> = {};
   const list = root.config?.Env;
   if (list !== undefined && list !== null) {
@@ -115,6 +168,9 @@ export function parseImageConfig(json: unknown): ImageConfigInfo {
   return {
     env,
     ...(typeof root.architecture === "string" ? { architecture: root.architecture } : {}),
+    entrypoint: configArgv(root.config?.Entrypoint, "Entrypoint"),
+    cmd: configArgv(root.config?.Cmd, "Cmd"),
+    workingDir: configWorkingDir(root.config?.WorkingDir),
   };
 }
 
@@ -122,11 +178,38 @@ export function defaultEnv(): Record<string, string> {
   return { PATH: PATH_DEFAULT };
 }
 
+/** A root filesystem tarball has no config: no default program. */
+export const NO_PROCESS: ImageProcess = Object.freeze({
+  entrypoint: null,
+  cmd: null,
+  workingDir: null,
+});
+
 export interface OciDescriptor {
   mediaType: string;
   digest: string;
   platform?: { os?: string; architecture?: string };
   urls?: unknown;
+  annotations?: unknown;
+}
+
+/**
+ * The reference an OCI index gives the image it lists, from the descriptor's annotations:
+ * containerd's (and so Docker's) `io.containerd.image.name` is a whole reference
+ * ("docker.io/library/mini:layered"); `org.opencontainers.image.ref.name` is a whole
+ * reference too when it holds a ":" or a "/", and otherwise only a tag ("layered", "1.0"),
+ * as the image-layout specification suggests and Docker writes it.
+ */
+export function ociReference(
+  d: OciDescriptor,
+): { kind: "reference"; value: string } | { kind: "tag"; value: string } | null {
+  const a = (d.annotations ?? {}) as Record<string, unknown>;
+  const containerd = a["io.containerd.image.name"];
+  if (typeof containerd === "string" && containerd !== "")
+    return { kind: "reference", value: containerd };
+  const ref = a["org.opencontainers.image.ref.name"];
+  if (typeof ref !== "string" || ref === "") return null;
+  return /[:/]/.test(ref) ? { kind: "reference", value: ref } : { kind: "tag", value: ref };
 }
 
 const INDEX_TYPES = new Set([

@@ -25,6 +25,7 @@
  *   directory opaque; other `.wh..wh.` names are aufs bookkeeping and are skipped.
  */
 import { ID_RANGE_SIZE } from "../core/config.js";
+import { quoteUntrusted } from "../core/errors.js";
 import type { TarHeader } from "./tar.js";
 
 export const WHITEOUT_PREFIX = ".wh.";
@@ -39,7 +40,10 @@ interface Owned {
 /** What to do with one entry. Paths are relative to the tree's root, "/"-separated, normalised. */
 export type EntryDecision =
   | { kind: "refuse"; reason: string }
-  | { kind: "skip"; reason: string }
+  /** Not imported: a FIFO, or aufs bookkeeping. Counted, and reported as a note. */
+  | { kind: "skip"; what: "fifo" | "aufs"; reason: string }
+  /** The archive's entry for the tree's root ("./"): it exists already, nothing to do. */
+  | { kind: "root" }
   | ({ kind: "dir"; path: string; mode: number; strippedBits: boolean } & Owned)
   | ({ kind: "file"; path: string; mode: number; size: number; strippedBits: boolean } & Owned)
   | ({ kind: "symlink"; path: string; target: string } & Owned)
@@ -82,12 +86,12 @@ export function decideTarEntry(h: TarHeader): EntryDecision {
   if (h.type === "other") {
     return {
       kind: "refuse",
-      reason: `its entry type ${JSON.stringify(h.typeflag)} is not supported`,
+      reason: `its entry type ${quoteUntrusted(h.typeflag)} is not supported`,
     };
   }
 
   if (path === "") {
-    if (h.type === "dir") return { kind: "skip", reason: "the root directory itself" };
+    if (h.type === "dir") return { kind: "root" };
     return { kind: "refuse", reason: "it names the root but is not a directory" };
   }
 
@@ -96,7 +100,7 @@ export function decideTarEntry(h: TarHeader): EntryDecision {
   const base = slash < 0 ? path : path.slice(slash + 1);
   if (base === OPAQUE_WHITEOUT) return { kind: "opaque", dir: parent };
   if (path.split("/").some((part) => part.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`))) {
-    return { kind: "skip", reason: "aufs metadata" };
+    return { kind: "skip", what: "aufs", reason: "aufs metadata" };
   }
   if (base.startsWith(WHITEOUT_PREFIX)) {
     const victim = base.slice(WHITEOUT_PREFIX.length);
@@ -106,7 +110,7 @@ export function decideTarEntry(h: TarHeader): EntryDecision {
     return { kind: "whiteout", path: parent === "" ? victim : `${parent}/${victim}` };
   }
 
-  if (h.type === "fifo") return { kind: "skip", reason: "FIFOs are not imported" };
+  if (h.type === "fifo") return { kind: "skip", what: "fifo", reason: "FIFOs are not imported" };
 
   const owned = (): Owned | string => {
     for (const [what, id] of [

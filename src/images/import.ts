@@ -34,7 +34,7 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
-import { CorralError } from "../core/errors.js";
+import { CorralError, escapeUntrusted, quoteUntrusted } from "../core/errors.js";
 import { formatBytes, GiB } from "../core/limits.js";
 import {
   type ArchiveFormat,
@@ -45,7 +45,9 @@ import {
   type ImageConfigInfo,
   isIndexDescriptor,
   type LayerRef,
+  NO_PROCESS,
   ociArchitecture,
+  ociReference,
   parseDockerManifest,
   parseImageConfig,
   parseOciManifest,
@@ -63,10 +65,13 @@ import {
 import { shortKey } from "./recipe.js";
 import { shiftTree } from "./shift.js";
 import {
+  canonicalImageName,
   ensureImageDir,
   IMAGE_NAME,
+  IMAGE_NAME_RULE,
   type ImageMeta,
   imageInUse,
+  imageNameFromReference,
   imagePaths,
   META_VERSION,
   readImageMeta,
@@ -98,8 +103,10 @@ export interface ImportStats {
   entries: number;
   /** Files and directories whose setuid/setgid bits were stripped. */
   strippedSpecialBits: number;
-  /** FIFOs (and aufs metadata) skipped. */
+  /** Entries not imported: FIFOs and aufs metadata (never the archive's "./" root entry). */
   skipped: number;
+  skippedFifos: number;
+  skippedAufsMetadata: number;
 }
 
 export interface ImportResult extends StoredImage {
@@ -124,6 +131,23 @@ export function imageNameFromFile(file: string): string | null {
     .replace(/^[^a-z0-9]+/, "")
     .slice(0, 63);
   return IMAGE_NAME.test(base) ? base : null;
+}
+
+/**
+ * The name an archive gives its image, when `--name` does not: a `docker save` archive's
+ * first RepoTag, or an OCI index's reference (a bare OCI tag goes after the file's name:
+ * "x.tar" with ref.name "1.0" is "x:1.0"); null when it gives none that is a valid name.
+ */
+export function archiveImageName(
+  given: { repoTags?: readonly string[]; oci?: ReturnType<typeof ociReference> },
+  file: string,
+): string | null {
+  const tag = given.repoTags?.[0];
+  if (tag !== undefined) return imageNameFromReference(tag);
+  if (!given.oci) return null;
+  if (given.oci.kind === "reference") return imageNameFromReference(given.oci.value);
+  const base = imageNameFromFile(file);
+  return base === null ? null : imageNameFromReference(`${base}:${given.oci.value}`);
 }
 
 // ------------------------------------------------------------------ the archive's members
@@ -159,13 +183,13 @@ function findMember(members: Map<string, Member>, name: string): FileMember {
   for (let hops = 0; hops < 8; hops++) {
     const p = normaliseArchivePath(current);
     const m = p.ok ? members.get(p.path) : undefined;
-    if (!m) throw new Refusal(`the archive has no member ${JSON.stringify(name)}`);
+    if (!m) throw new Refusal(`the archive has no member ${quoteUntrusted(name)}`);
     if (m.kind === "file") return m;
     if (m.kind === "other")
-      throw new Refusal(`archive member ${JSON.stringify(name)} is not a file`);
+      throw new Refusal(`archive member ${quoteUntrusted(name)} is not a file`);
     current = m.target;
   }
-  throw new Refusal(`archive member ${JSON.stringify(name)} is a loop of links`);
+  throw new Refusal(`archive member ${quoteUntrusted(name)} is a loop of links`);
 }
 
 function memberStream(tarFile: string, m: FileMember): AsyncIterable<Buffer> {
@@ -185,13 +209,14 @@ async function readMemberJson(
   name: string,
 ): Promise<unknown> {
   const m = findMember(members, name);
-  if (m.size > MAX_JSON) throw new Refusal(`archive member ${name} is too large for a JSON file`);
+  if (m.size > MAX_JSON)
+    throw new Refusal(`archive member ${quoteUntrusted(name)} is too large for a JSON file`);
   const chunks: Buffer[] = [];
   for await (const c of memberStream(tarFile, m)) chunks.push(c);
   try {
     return JSON.parse(Buffer.concat(chunks).toString("utf8"));
   } catch {
-    throw new Refusal(`archive member ${name} is not valid JSON`);
+    throw new Refusal(`archive member ${quoteUntrusted(name)} is not valid JSON`);
   }
 }
 
@@ -199,10 +224,19 @@ async function readMemberJson(
 async function planLayers(
   tarFile: string,
   members: Map<string, Member>,
-): Promise<{ format: ArchiveFormat; layers: LayerRef[]; config: ImageConfigInfo }> {
+  file: string,
+): Promise<{
+  format: ArchiveFormat;
+  layers: LayerRef[];
+  config: ImageConfigInfo;
+  /** The name the archive gives its image (see archiveImageName). */
+  name: string | null;
+}> {
   const format = detectArchiveFormat(new Set(members.keys()));
-  if (format === "rootfs")
-    return { format, layers: [{ member: "" }], config: { env: defaultEnv() } };
+  if (format === "rootfs") {
+    const config = { env: defaultEnv(), ...NO_PROCESS };
+    return { format, layers: [{ member: "" }], config, name: null };
+  }
   if (format === "docker-save") {
     const manifest = parseDockerManifest(await readMemberJson(tarFile, members, "manifest.json"));
     const configJson = await readMemberJson(tarFile, members, manifest.config);
@@ -210,12 +244,14 @@ async function planLayers(
       format,
       layers: withDiffIds(manifest.layers, configDiffIds(configJson)),
       config: parseImageConfig(configJson),
+      name: archiveImageName({ repoTags: manifest.repoTags }, file),
     };
   }
   let descriptor = pickFromIndex(
     await readMemberJson(tarFile, members, "index.json"),
     ociArchitecture(process.arch),
   );
+  const name = archiveImageName({ oci: ociReference(descriptor) }, file);
   for (let depth = 0; isIndexDescriptor(descriptor); depth++) {
     if (depth >= 4) throw new Refusal("the OCI index nests too deeply");
     descriptor = pickFromIndex(
@@ -229,6 +265,7 @@ async function planLayers(
     format,
     layers: withDiffIds(manifest.layers, configDiffIds(configJson)),
     config: parseImageConfig(configJson),
+    name,
   };
 }
 
@@ -324,7 +361,8 @@ class LayerTree {
   entries = 0;
   bytes = 0;
   stripped = 0;
-  skipped = 0;
+  skippedFifos = 0;
+  skippedAufsMetadata = 0;
 
   constructor(
     readonly root: string,
@@ -361,12 +399,12 @@ class LayerTree {
       }
       if (st.isSymbolicLink()) {
         throw new Refusal(
-          `${dir} is a symbolic link in the image: nothing may be written through it`,
+          `${escapeUntrusted(dir)} is a symbolic link in the image: nothing may be written through it`,
         );
       }
       if (!st.isDirectory()) {
         if (!create) return false;
-        throw new Refusal(`${dir} is not a directory in the image`);
+        throw new Refusal(`${escapeUntrusted(dir)} is not a directory in the image`);
       }
     }
     return true;
@@ -400,8 +438,11 @@ class LayerTree {
     switch (d.kind) {
       case "refuse":
         throw new Refusal(d.reason);
+      case "root":
+        return;
       case "skip":
-        this.skipped++;
+        if (d.what === "fifo") this.skippedFifos++;
+        else this.skippedAufsMetadata++;
         return;
       case "whiteout": {
         if (!(await this.parents(d.path, false))) return;
@@ -420,7 +461,9 @@ class LayerTree {
           const st = await lstatOrNull(this.abs(d.dir));
           if (st === null) return;
           if (st.isSymbolicLink()) {
-            throw new Refusal(`${d.dir} is a symbolic link in the image: it cannot be made opaque`);
+            throw new Refusal(
+              `${escapeUntrusted(d.dir)} is a symbolic link in the image: it cannot be made opaque`,
+            );
           }
           if (!st.isDirectory()) return;
         }
@@ -481,13 +524,17 @@ class LayerTree {
       case "hardlink": {
         this.countEntry();
         if (!(await this.parents(d.target, false))) {
-          throw new Refusal(`its hard link target ${d.target} is not in the image`);
+          throw new Refusal(
+            `its hard link target ${escapeUntrusted(d.target)} is not in the image`,
+          );
         }
         const target = await lstatOrNull(this.abs(d.target));
         if (target === null)
-          throw new Refusal(`its hard link target ${d.target} is not in the image`);
+          throw new Refusal(
+            `its hard link target ${escapeUntrusted(d.target)} is not in the image`,
+          );
         if (target.isDirectory())
-          throw new Refusal(`its hard link target ${d.target} is a directory`);
+          throw new Refusal(`its hard link target ${escapeUntrusted(d.target)} is a directory`);
         await this.parents(d.path, true);
         const abs = this.abs(d.path);
         const existing = await lstatOrNull(abs);
@@ -525,9 +572,9 @@ async function applyLayer(
         const reason =
           err instanceof CorralError
             ? err.message
-            : `${errno(err) ?? "error"}: ${(err as Error).message}`;
+            : `${errno(err) ?? "error"}: ${escapeUntrusted((err as Error).message)}`;
         const where = what === "the archive" ? "entry" : `${what} entry`;
-        throw new Refusal(`${where} ${JSON.stringify(entry.header.name)}: ${reason}`);
+        throw new Refusal(`${where} ${quoteUntrusted(entry.header.name)}: ${reason}`);
       }
     }
   } catch (err) {
@@ -576,6 +623,9 @@ async function cachedImport(
 ): Promise<StoredImage | null> {
   const meta = await readImageMeta(imageDir, key);
   if (!meta || meta.recipeKey !== fullKey || meta.uidBase !== uidBase) return null;
+  // An older Corral did not keep the config's Entrypoint, Cmd and WorkingDir or the
+  // archive's name: import such an archive again (it replaces the old image).
+  if (meta.process === undefined || meta.source?.archiveName === undefined) return null;
   const paths = imagePaths(imageDir, key);
   try {
     if (!(await stat(paths.rootfs)).isDirectory()) return null;
@@ -587,17 +637,11 @@ async function cachedImport(
 
 export async function importImage(options: ImportOptions): Promise<ImportResult> {
   const { file, imageDir, uidBase } = options;
-  const name = options.name ?? imageNameFromFile(file);
-  if (name === null) {
+  const given = options.name === undefined ? undefined : canonicalImageName(options.name);
+  if (given !== undefined && !IMAGE_NAME.test(given)) {
     throw new CorralError(
       "invalid_argument",
-      `cannot make an image name from ${path.basename(file)}: give --name NAME`,
-    );
-  }
-  if (!IMAGE_NAME.test(name)) {
-    throw new CorralError(
-      "invalid_argument",
-      `"${name}" is not a valid image name: lower-case letters, digits, ".", "_" and "-", at most 63`,
+      `"${options.name}" is not a valid image name: ${IMAGE_NAME_RULE}`,
     );
   }
   let st: Stats;
@@ -622,8 +666,12 @@ export async function importImage(options: ImportOptions): Promise<ImportResult>
   const archiveSha256 = await sha256OfFile(file);
   const fullKey = importKey(archiveSha256);
   const key = shortKey(fullKey);
-  const setName = async (image: StoredImage): Promise<StoredImage> =>
-    publishName(imageDir, { ...image, meta: { ...image.meta, name } });
+  // A cache hit is named as its first import was, unless --name says otherwise.
+  const setName = async (image: StoredImage): Promise<StoredImage> => {
+    const name = given ?? image.meta.source?.archiveName ?? imageNameFromFile(file);
+    if (name === null) throw cannotName(file);
+    return publishName(imageDir, { ...image, meta: { ...image.meta, name } });
+  };
 
   const hit = await cachedImport(imageDir, key, fullKey, uidBase);
   if (hit) return { ...(await setName(hit)), cached: true, stats: null };
@@ -634,20 +682,32 @@ export async function importImage(options: ImportOptions): Promise<ImportResult>
     const again = await cachedImport(imageDir, key, fullKey, uidBase);
     if (again) return { ...(await setName(again)), cached: true, stats: null };
     await removeLeftovers(imageDir, key);
-    const { image, stats } = await importLocked({ ...options, name }, archiveSha256, fullKey, key);
+    const { image, stats } = await importLocked(
+      { ...options, ...(given !== undefined ? { name: given } : {}) },
+      archiveSha256,
+      fullKey,
+      key,
+    );
     return { ...(await publishName(imageDir, image)), cached: false, stats };
   } finally {
     await release();
   }
 }
 
+function cannotName(file: string): CorralError {
+  return new CorralError(
+    "invalid_argument",
+    `cannot make an image name from ${path.basename(file)}: give --name NAME`,
+  );
+}
+
 async function importLocked(
-  options: ImportOptions & { name: string },
+  options: ImportOptions,
   archiveSha256: string,
   fullKey: string,
   key: string,
 ): Promise<{ image: StoredImage; stats: ImportStats }> {
-  const { file, imageDir, uidBase, name } = options;
+  const { file, imageDir, uidBase } = options;
   const started = Date.now();
   const progress = options.onProgress ?? (() => {});
   const tmp = path.join(imageDir, `.tmp-${key}-${randomBytes(4).toString("hex")}`);
@@ -691,7 +751,9 @@ async function importLocked(
       if (err instanceof TarFormatError) throw new Refusal(`not a tar archive: ${err.message}`);
       throw err;
     }
-    const plan = await planLayers(tarFile, members);
+    const plan = await planLayers(tarFile, members, file);
+    const name = options.name ?? plan.name ?? imageNameFromFile(file);
+    if (name === null) throw cannotName(file);
     const tree = new LayerTree(rootfs, maxBytes);
     for (const [i, layer] of plan.layers.entries()) {
       const what =
@@ -728,6 +790,11 @@ async function importLocked(
       packages: [],
       setup: [],
       env: plan.config.env,
+      process: {
+        entrypoint: plan.config.entrypoint,
+        cmd: plan.config.cmd,
+        workingDir: plan.config.workingDir,
+      },
       uidBase,
       shifted: true,
       sizeBytes: digest.sizeBytes,
@@ -739,6 +806,7 @@ async function importLocked(
         format: plan.format,
         archiveSha256,
         layers: plan.layers.length,
+        archiveName: plan.name,
       },
     };
     await writeImageMeta(path.join(tmp, "meta.json"), meta);
@@ -758,7 +826,9 @@ async function importLocked(
         layers: plan.layers.length,
         entries: tree.entries,
         strippedSpecialBits: tree.stripped,
-        skipped: tree.skipped,
+        skipped: tree.skippedFifos + tree.skippedAufsMetadata,
+        skippedFifos: tree.skippedFifos,
+        skippedAufsMetadata: tree.skippedAufsMetadata,
       },
     };
   } catch (err) {

@@ -58,6 +58,18 @@ const imageMetaSchema = z.object({
   files: z.number(),
   buildSeconds: z.number(),
   /**
+   * What the image runs when given no program (`docker run IMAGE`), from an imported
+   * image's config: arguments after `--` replace `cmd`, and `entrypoint` stays. Absent in
+   * built images (they have none) and in images imported by an older Corral.
+   */
+  process: z
+    .object({
+      entrypoint: z.array(z.string()).nullable(),
+      cmd: z.array(z.string()).nullable(),
+      workingDir: z.string().nullable(),
+    })
+    .optional(),
+  /**
    * Where an imported image came from (`corral image import`); absent for built ones,
    * whose recipe fields above say it. An import has no mirror, suite, packages or setup.
    */
@@ -68,6 +80,11 @@ const imageMetaSchema = z.object({
       format: z.enum(["rootfs", "docker-save", "oci"]),
       archiveSha256: z.string().regex(/^[0-9a-f]{64}$/),
       layers: z.number().int(),
+      /**
+       * The name the archive gives its image (a RepoTag, an OCI reference), null when it
+       * gives none; absent in images imported by an older Corral.
+       */
+      archiveName: z.string().nullable().optional(),
     })
     .optional(),
 });
@@ -87,7 +104,37 @@ export interface StoredImage {
 }
 
 const KEY_DIR = /^[0-9a-f]{16}$/;
-export const IMAGE_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+/**
+ * An image name: NAME or NAME:TAG, as Docker's last path component and tag are spelled
+ * (NAME lower-case letters, digits, ".", "_", "-", at most 63; TAG letters of either case,
+ * digits, ".", "_", "-", at most 128, not starting with "." or "-"). A name is also a file
+ * name under <imageDir>/names, which ":" may be part of and "/" may not. "sha256:..." is
+ * never a name: it is how digests are written.
+ */
+export const IMAGE_NAME =
+  /^(?!sha256:)[a-z0-9][a-z0-9._-]{0,62}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$/;
+export const IMAGE_NAME_RULE =
+  'NAME or NAME:TAG, NAME of lower-case letters, digits, ".", "_" and "-" (at most 63)';
+
+/** As Docker reads them, "mini:latest" and "mini" are one name: the tag "latest" is dropped. */
+export function canonicalImageName(name: string): string {
+  return name.endsWith(":latest") ? name.slice(0, -":latest".length) : name;
+}
+
+/**
+ * The image name for a Docker image reference ("docker.io/library/mini:layered",
+ * "mini:latest", "ghcr.io/acme/tool@sha256:..."): its last path component and its tag
+ * ("mini:layered", "mini", "tool"), or null when that is no valid name. The registry and
+ * namespace are dropped, because a name cannot hold "/".
+ */
+export function imageNameFromReference(reference: string): string | null {
+  const noDigest = reference.split("@")[0] ?? "";
+  const last = noDigest.slice(noDigest.lastIndexOf("/") + 1);
+  const colon = last.indexOf(":");
+  const repo = (colon < 0 ? last : last.slice(0, colon)).toLowerCase();
+  const name = canonicalImageName(colon < 0 ? repo : `${repo}:${last.slice(colon + 1)}`);
+  return IMAGE_NAME.test(name) ? name : null;
+}
 
 export function imagePaths(
   imageDir: string,
@@ -184,7 +231,12 @@ export async function readNames(imageDir: string): Promise<Map<string, string>> 
 }
 
 /** Point `name` at `key` (atomically; a no-op when it already does). */
-export async function setImageName(imageDir: string, name: string, key: string): Promise<void> {
+export async function setImageName(
+  imageDir: string,
+  givenName: string,
+  key: string,
+): Promise<void> {
+  const name = canonicalImageName(givenName);
   if (!IMAGE_NAME.test(name))
     throw new CorralError("invalid_argument", `"${name}" is not a valid image name`);
   const file = path.join(imageDir, "names", name);
@@ -233,9 +285,14 @@ function notBuilt(ref: string, imageDir: string): CorralError {
     );
   }
   if (IMAGE_NAME.test(ref) && !/^(sha256:)?[0-9a-f]{8,}$/.test(ref)) {
+    // A recipe's name has no tag: a NAME:TAG can only come from an import.
+    const build = ref.includes(":")
+      ? ""
+      : `\`corral image build RECIPE.yaml\` with a recipe named ${ref}, or `;
     return new CorralError(
       "image_not_built",
-      `image "${ref}" is not built: run \`corral image build RECIPE.yaml\` with a recipe named ${ref}`,
+      `image "${ref}" is not built: run ${build}\`corral image import FILE --name ${ref}\``,
+      "`corral image ls` lists the images there are",
     );
   }
   return new CorralError(
@@ -251,7 +308,8 @@ function notBuilt(ref: string, imageDir: string): CorralError {
  */
 export async function resolveImage(imageDir: string, ref: string): Promise<StoredImage> {
   const images = await listImages(imageDir);
-  const byName = images.find((img) => img.names.includes(ref));
+  const name = canonicalImageName(ref);
+  const byName = images.find((img) => img.names.includes(name));
   if (byName) return byName;
   if (IMAGE_NAME.test(ref) && !/^[0-9a-f]+$/.test(ref)) throw notBuilt(ref, imageDir);
 
@@ -325,12 +383,29 @@ export async function removeCacheDir(imageDir: string, dir: string): Promise<voi
   if (r.code !== 0) throw new CorralError("internal", `removing ${dir} failed: ${r.stderr.trim()}`);
 }
 
-/** Remove the image `ref` (and the names that point at it). */
-export async function removeImage(imageDir: string, ref: string): Promise<StoredImage> {
+/** What `removeImage` did: removed one name of the image, or the image itself. */
+export interface Removal {
+  image: StoredImage;
+  /** The name removed while other names still point at the image; null: the image went. */
+  untagged: string | null;
+}
+
+/**
+ * Remove `ref` as `docker rmi` does: given one of several names of an image, only that name
+ * goes; given its last name, or its key or digest, the image goes with all its names.
+ */
+export async function removeImage(imageDir: string, ref: string): Promise<Removal> {
   const image = await resolveImage(imageDir, ref);
   const key = image.meta.key;
+  const name = canonicalImageName(ref);
   const release = await takeImageLock(imageDir, key);
   try {
+    // The names as they are now, under the lock (another process may have changed them).
+    const names = [...(await readNames(imageDir))].filter(([, k]) => k === key).map(([n]) => n);
+    if (names.includes(name) && names.length > 1) {
+      await rm(path.join(imageDir, "names", name), { force: true });
+      return { image: { ...image, names: names.filter((n) => n !== name).sort() }, untagged: name };
+    }
     if (await imageInUse(image.dir)) {
       throw new CorralError(
         "busy",
@@ -348,7 +423,7 @@ export async function removeImage(imageDir: string, ref: string): Promise<Stored
   } finally {
     await release();
   }
-  return image;
+  return { image, untagged: null };
 }
 
 /** Ensure `imageDir` exists and can be traversed by the sandboxes' ids (o+x). */

@@ -4,6 +4,7 @@
  * parses: what an entry may do to a file system is decided by import-policy.ts, and done
  * by import.ts. Names are decoded as strict UTF-8; anything malformed is a TarFormatError.
  */
+import { quoteBytes, quoteUntrusted } from "../core/errors.js";
 
 /** What an entry is, from its typeflag. */
 export type TarEntryType =
@@ -87,7 +88,12 @@ export function parseNumber(field: Buffer, what: string): number {
     .replace(/[\0 ]+$/, "")
     .replace(/^ +/, "");
   if (s === "") return 0;
-  if (!/^[0-7]+$/.test(s)) throw new TarFormatError(`${what} is not an octal number: "${s}"`);
+  if (!/^[0-7]+$/.test(s)) {
+    // A garbage field's bytes, escaped: they go to a terminal in the error message.
+    throw new TarFormatError(
+      `${what} is not an octal number: ${quoteBytes(Buffer.from(s, "latin1"))}`,
+    );
+  }
   const n = Number.parseInt(s, 8);
   if (!Number.isSafeInteger(n)) throw new TarFormatError(`${what} is too large`);
   return n;
@@ -177,10 +183,11 @@ function paxNumber(pax: Record<string, string>, key: string): number | undefined
   if (key === "mtime") {
     const n = Number(v);
     if (!/^-?\d+(\.\d+)?$/.test(v) || !Number.isFinite(n))
-      throw new TarFormatError(`pax ${key} is not a number: "${v}"`);
+      throw new TarFormatError(`pax ${key} is not a number: ${quoteUntrusted(v)}`);
     return Math.floor(n);
   }
-  if (!/^\d+$/.test(v)) throw new TarFormatError(`pax ${key} is not a number: "${v}"`);
+  if (!/^\d+$/.test(v))
+    throw new TarFormatError(`pax ${key} is not a number: ${quoteUntrusted(v)}`);
   const n = Number(v);
   if (!Number.isSafeInteger(n)) throw new TarFormatError(`pax ${key} is too large`);
   return n;

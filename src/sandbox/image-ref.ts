@@ -8,12 +8,14 @@ import path from "node:path";
 import type { CorralConfig } from "../core/config.js";
 import { CorralError } from "../core/errors.js";
 import type { ImageRef } from "../core/sandbox.js";
-import { resolveImage } from "../images/store.js";
+import { type ImageMeta, resolveImage } from "../images/store.js";
 
-function rebuildHint(ref: string, name: string): string {
-  return ref === "default" || name === "default"
+function rebuildHint(ref: string, meta: ImageMeta): string {
+  // An imported image is made again from its archive, a built one from its recipe.
+  if (meta.source) return `import ${meta.source.file} again with \`corral image import\``;
+  return ref === "default" || meta.name === "default"
     ? "run `corral image build`"
-    : `run \`corral image build\` with the recipe of ${name}`;
+    : `run \`corral image build\` with the recipe of ${meta.name}`;
 }
 
 export async function loadImageRef(config: CorralConfig, ref: string): Promise<ImageRef> {
@@ -23,7 +25,7 @@ export async function loadImageRef(config: CorralConfig, ref: string): Promise<I
     throw new CorralError(
       "image_not_built",
       `image "${ref}" was shifted to uid base ${meta.uidBase}, but this configuration uses ${config.ids.base}`,
-      rebuildHint(ref, meta.name),
+      rebuildHint(ref, meta),
     );
   }
   let rootStat: Awaited<ReturnType<typeof stat>>;
@@ -33,14 +35,14 @@ export async function loadImageRef(config: CorralConfig, ref: string): Promise<I
     throw new CorralError(
       "image_not_built",
       `image "${ref}" has no root filesystem at ${image.rootfs}`,
-      rebuildHint(ref, meta.name),
+      rebuildHint(ref, meta),
     );
   }
   if (rootStat.uid !== config.ids.base) {
     throw new CorralError(
       "image_not_built",
       `image "${ref}" is not shifted to uid ${config.ids.base} (its root is owned by ${rootStat.uid})`,
-      rebuildHint(ref, meta.name),
+      rebuildHint(ref, meta),
     );
   }
   // The sandbox's root (a host uid of the mapped range) must be able to traverse every
@@ -56,5 +58,14 @@ export async function loadImageRef(config: CorralConfig, ref: string): Promise<I
     }
     if (dir === path.dirname(dir)) break;
   }
-  return { name: meta.name, digest: meta.digest, rootfs: image.rootfs, env: { ...meta.env } };
+  const proc = meta.process;
+  return {
+    name: meta.name,
+    digest: meta.digest,
+    rootfs: image.rootfs,
+    env: { ...meta.env },
+    ...(proc?.entrypoint ? { entrypoint: [...proc.entrypoint] } : {}),
+    ...(proc?.cmd ? { cmd: [...proc.cmd] } : {}),
+    ...(proc?.workingDir ? { workingDir: proc.workingDir } : {}),
+  };
 }

@@ -3,8 +3,9 @@
  * supervisor, multiplexing control requests (channel 0) and processes (one channel each).
  */
 import net from "node:net";
+import { constants as osConstants } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
-import { CorralError } from "../core/errors.js";
+import { CorralError, type ErrorCode } from "../core/errors.js";
 import {
   type CallDone,
   decodeCallDone,
@@ -75,10 +76,42 @@ export interface ContextChannel {
 /** An ERROR event from the supervisor about one request: the errno it carried is kept. */
 export class SupervisorRequestError extends CorralError {
   readonly errno: number;
-  constructor(errno: number, message: string) {
-    super("runtime_failed", message);
+  constructor(errno: number, message: string, code: ErrorCode = "runtime_failed") {
+    super(code, message);
     this.errno = errno;
   }
+}
+
+/**
+ * The error of a SPAWN that failed before the program ran. The supervisor reports a failed
+ * exec as "exec PROGRAM: <strerror>" with its errno: ENOENT (not in the image, or not in its
+ * PATH) and EACCES or ENOEXEC (there, but not executable) are the program's fault, and say
+ * so; anything else (fork, chdir) stays a runtime failure.
+ */
+export function spawnFailure(
+  errno: number,
+  message: string,
+  program: string,
+): SupervisorRequestError {
+  if (message.startsWith("exec ")) {
+    const where = program.includes("/") ? "" : " (looked up in its PATH)";
+    if (errno === osConstants.errno.ENOENT) {
+      return new SupervisorRequestError(
+        errno,
+        `program ${program} not found in the image${where}`,
+        "program_not_found",
+      );
+    }
+    if (errno === osConstants.errno.EACCES || errno === osConstants.errno.ENOEXEC) {
+      const why = errno === osConstants.errno.EACCES ? "permission denied" : "exec format error";
+      return new SupervisorRequestError(
+        errno,
+        `program ${program} is not executable in the image (${why})`,
+        "program_not_executable",
+      );
+    }
+  }
+  return new SupervisorRequestError(errno, message);
 }
 
 export interface SpawnOptions {
@@ -581,7 +614,9 @@ export class SupervisorClient {
             break;
           case Ev.ERROR: {
             const e = decodeError(f.payload);
-            const err = new SupervisorRequestError(e.errno, e.message);
+            const err = isStarted
+              ? new SupervisorRequestError(e.errno, e.message)
+              : spawnFailure(e.errno, e.message, opts.argv[0] ?? "");
             if (!isStarted) {
               this.channels.delete(channel);
               started.reject(err);
@@ -665,7 +700,9 @@ export class SupervisorClient {
             break;
           case Ev.ERROR: {
             const e = decodeError(f.payload);
-            const err = new SupervisorRequestError(e.errno, e.message);
+            const err = isStarted
+              ? new SupervisorRequestError(e.errno, e.message)
+              : spawnFailure(e.errno, e.message, opts.argv[0] ?? "");
             if (!isStarted) {
               this.channels.delete(channel);
               started.reject(err);

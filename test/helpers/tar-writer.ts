@@ -111,11 +111,11 @@ export function sha256(b: Buffer): string {
 /**
  * A `docker save` archive (the classic layout: <id>/layer.tar, <hex>.json, manifest.json)
  * of these layers, each given as its entries. The config names the layers' diff ids and
- * the image's environment.
+ * the image's environment, and holds whatever else `config` adds (Entrypoint, Cmd...).
  */
 export function dockerSaveArchive(
   layers: TarSpec[][],
-  options: { env?: string[]; repoTag?: string } = {},
+  options: { env?: string[]; repoTag?: string; config?: Record<string, unknown> } = {},
 ): Buffer {
   const layerTars = layers.map((l) => tarArchive(l));
   const diffIds = layerTars.map((t) => `sha256:${sha256(t)}`);
@@ -123,7 +123,7 @@ export function dockerSaveArchive(
     JSON.stringify({
       architecture: "amd64",
       os: "linux",
-      config: { Env: options.env ?? ["PATH=/usr/bin:/bin"] },
+      config: { Env: options.env ?? ["PATH=/usr/bin:/bin"], ...options.config },
       rootfs: { type: "layers", diff_ids: diffIds },
     }),
   );
@@ -148,7 +148,10 @@ export function dockerSaveArchive(
 }
 
 /** An OCI image layout archive of these layers (gzip-compressed blobs). */
-export function ociArchive(layers: TarSpec[][], options: { env?: string[] } = {}): Buffer {
+export function ociArchive(
+  layers: TarSpec[][],
+  options: { env?: string[]; annotations?: Record<string, string> } = {},
+): Buffer {
   const blobs: TarSpec[] = [];
   const blob = (data: Buffer): { digest: string; size: number } => {
     const hex = sha256(data);
@@ -189,7 +192,13 @@ export function ociArchive(layers: TarSpec[][], options: { env?: string[] } = {}
       name: "index.json",
       data: JSON.stringify({
         schemaVersion: 2,
-        manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", ...manifest }],
+        manifests: [
+          {
+            mediaType: "application/vnd.oci.image.manifest.v1+json",
+            ...manifest,
+            ...(options.annotations ? { annotations: options.annotations } : {}),
+          },
+        ],
       }),
     },
   ]);

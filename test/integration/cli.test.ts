@@ -3,7 +3,7 @@ import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { CLI, testDataDir } from "../helpers/sandbox.js";
+import { CLI, ROOT, testDataDir } from "../helpers/sandbox.js";
 
 interface Ran {
   code: number | null;
@@ -263,5 +263,22 @@ describe("corral run", () => {
     expect(JSON.parse(r.stdout).sandboxes).toHaveLength(1);
     expect(await runcList(dir)).toEqual([]);
     expect(await gcFinds(dir)).toEqual([]);
+  });
+});
+
+describe("corral gc --help and the README", () => {
+  it("explain every gc option, --force as what it is (no effect yet)", async () => {
+    const help = await corral(testDataDir("cli-gc-help"), ["gc", "--help"]);
+    expect(help.code).toBe(0);
+    const flags = [...help.stdout.matchAll(/^ {2}(--[a-z-]+)/gm)].map((m) => m[1]);
+    expect(flags).toEqual(["--dry-run", "--json", "--force", "--pool"]);
+    expect(help.stdout).toMatch(/--force\s+no effect yet/);
+    const readme = readFileSync(path.join(ROOT, "README.md"), "utf8");
+    const gcText = readme.slice(
+      readme.indexOf("`corral gc` removes"),
+      readme.indexOf("`corral doctor` prints"),
+    );
+    for (const flag of ["--dry-run", "--force", "--pool"]) expect(gcText).toContain(`\`${flag}\``);
+    expect(gcText).toMatch(/`--force` changes nothing yet/);
   });
 });

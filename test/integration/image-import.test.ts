@@ -4,9 +4,16 @@
  * behind, inside the image cache or outside it.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import path from "node:path";
-import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CorralConfig, loadConfig } from "../../src/core/config.js";
 import { DEFAULT_LIMITS } from "../../src/core/limits.js";
@@ -167,31 +174,89 @@ describe("corral image import", () => {
     expect(j.source).toMatchObject({ format: "oci", layers: 2 });
     const again = await cli(["image", "import", file, "--name", "oci-again", "--json"]);
     expect(JSON.parse(again.stdout)).toMatchObject({ cached: true, digest });
-    expect((await cli(["image", "rm", "oci-again"])).code).toBe(0);
+    // An image imported by an older Corral (no Entrypoint/Cmd/WorkingDir kept) is imported
+    // again, in place, rather than served without them.
+    const metaFile = path.join(imageDir, j.key, "meta.json");
+    const { process: _kept, ...older } = JSON.parse(readFileSync(metaFile, "utf8"));
+    writeFileSync(metaFile, JSON.stringify(older));
+    const redone = await cli(["image", "import", file, "--name", "oci-again", "--json"]);
+    expect(JSON.parse(redone.stdout)).toMatchObject({
+      cached: false,
+      key: j.key,
+      digest,
+      process: { entrypoint: null, cmd: null, workingDir: null },
+    });
+    // Two names, one image: rm of one name leaves the image under the other, as docker rmi.
+    const before = cacheEntries();
+    const untag = await cli(["image", "rm", "oci-again"]);
+    expect(untag).toMatchObject({ code: 0, stderr: "" });
+    expect(untag.stdout).toMatch(
+      /^removed the name oci-again; the image \(key [0-9a-f]{16}, sha256:[0-9a-f]{12}\) stays, named two-layers-oci\n$/,
+    );
+    expect(names()).toContain("two-layers-oci");
+    expect(names()).not.toContain("oci-again");
+    expect(cacheEntries()).toEqual(before);
+    const gone = await cli(["image", "rm", "two-layers-oci"]);
+    expect(gone.stdout).toMatch(/^removed image two-layers-oci \(key /);
     expect(names()).not.toContain("two-layers-oci");
+    expect(cacheEntries().length).toBe(before.length - 1);
   });
 
-  it("a gzip-compressed root filesystem tarball (docker export | gzip) is one layer", async () => {
-    const file = archive(
-      "rootfs.tar.gz",
-      gzipSync(
-        tarArchive([
-          { name: "./", type: "dir" },
-          { name: "./tinybox", data: tinybox, mode: 0o755 },
-          { name: "./etc/", type: "dir" },
-          { name: "./etc/mtab", type: "symlink", linkname: "/proc/self/mounts" },
-        ]),
-      ),
-    );
+  it("a gzip-compressed root filesystem tarball (tar -C rootfs -czf x.tar.gz .) is one layer", async () => {
+    // Made as a user makes one: GNU tar's own "./" root entry is not a skipped entry.
+    const tree = path.join(dataDir, "rootfs-tree");
+    mkdirSync(path.join(tree, "etc"), { recursive: true });
+    writeFileSync(path.join(tree, "tinybox"), tinybox, { mode: 0o755 });
+    symlinkSync("/proc/self/mounts", path.join(tree, "etc/mtab"));
+    const file = path.join(dataDir, "rootfs.tar.gz");
+    execFileSync("tar", ["-C", tree, "-czf", file, "."]);
     const r = await cli(["image", "import", file]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^image rootfs imported in \d+s from rootfs\.tar\.gz \(rootfs\)\n/);
+    expect(r.stdout).not.toMatch(/note/);
     // The absolute symlink resolves inside the sandbox: its /proc, not the host's.
     const mounts = await runIn("rootfs", ["/tinybox", "cat", "/etc/mtab"]);
     expect(mounts).toMatch(/^\S+ \/ overlay /m);
     expect(mounts).toMatch(/^proc \/proc proc /m);
     // /work exists for code to run in, though the archive had none.
     expect(await runIn("rootfs", ["/tinybox", "pwd"])).toBe("/work\n");
+  });
+
+  it("without --name, a docker save archive is named after its first RepoTag, an OCI one after its reference", async () => {
+    const tiny = [[{ name: "tinybox", data: tinybox, mode: 0o755 }]];
+    const saved = archive("save.tar", dockerSaveArchive(tiny, { repoTag: "mini:layered" }));
+    const r = await cli(["image", "import", saved]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^image mini:layered imported in \d+s from save\.tar /);
+    expect(names()).toContain("mini:layered");
+    const run = await cli(["run", "--image", "mini:layered", "--", "/tinybox", "pwd"]);
+    expect(run).toMatchObject({ code: 0, stdout: "/work\n" });
+    // A cache hit keeps the archive's name.
+    rmSync(path.join(imageDir, "names", "mini:layered"));
+    expect((await cli(["image", "import", saved])).stdout).toMatch(/^image mini:layered already/);
+    // Docker's own OCI export: containerd's whole reference; the tag latest is dropped.
+    const oci = archive(
+      "export.tar",
+      ociArchive(tiny, {
+        annotations: {
+          "io.containerd.image.name": "docker.io/library/mini:latest",
+          "org.opencontainers.image.ref.name": "latest",
+        },
+      }),
+    );
+    expect((await cli(["image", "import", oci])).stdout).toMatch(/^image mini imported/);
+    expect((await cli(["run", "--image", "mini:latest", "--", "/tinybox", "pwd"])).code).toBe(0);
+    // A bare OCI tag goes after the file's name.
+    const tagged = archive(
+      "tool.tar",
+      ociArchive(tiny, {
+        annotations: { "org.opencontainers.image.ref.name": "1.0" },
+        env: ["A=1"],
+      }),
+    );
+    expect((await cli(["image", "import", tagged])).stdout).toMatch(/^image tool:1\.0 imported/);
+    for (const n of ["mini:layered", "mini", "tool:1.0"])
+      expect((await cli(["image", "rm", n])).code).toBe(0);
   });
 
   it("image rm removes an imported image; nothing of it is left", async () => {
@@ -202,7 +267,14 @@ describe("corral image import", () => {
     expect(cacheEntries().length).toBe(before - 1);
     expect(names()).not.toContain("rootfs");
     const run = await cli(["run", "--image", "rootfs", "--lang", "shell", "-c", "true"]);
-    expectOneLineError(run, /image "rootfs" is not built/);
+    expectOneLineError(
+      run,
+      /image "rootfs" is not built: run `corral image build RECIPE.yaml` with a recipe named rootfs, or `corral image import FILE --name rootfs` \(`corral image ls` lists the images there are\)/,
+    );
+    expectOneLineError(
+      await cli(["image", "rm", "rootfs"]),
+      /image "rootfs" is not built: .*corral image import/,
+    );
   });
 });
 
@@ -329,6 +401,16 @@ describe("hostile archives are refused, and nothing is left behind", () => {
       /not a tar archive/,
     ],
     [
+      "garbage with terminal escapes where a header's checksum would be",
+      () => {
+        const b = Buffer.alloc(1024);
+        b.write("hello", 0, "latin1");
+        Buffer.from([0x1b, 0x5b, 0x33, 0x31, 0x6d, 0x88, 0xe9, 0]).copy(b, 148);
+        return b;
+      },
+      /not a tar archive: header checksum is not an octal number: "\\x1b\[31m\\x88\\xe9"$/m,
+    ],
+    [
       "a zstd archive",
       () => Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0]),
       /zstd-compressed; only gzip/,
@@ -341,6 +423,12 @@ describe("hostile archives are refused, and nothing is left behind", () => {
     const r = await cli(["image", "import", file, "--name", "hostile"]);
     expectOneLineError(r, message);
     expect(r.stderr).toMatch(/^corral: refusing to import hostile\.tar: /);
+    // Nothing of the archive reaches the terminal raw: no control character but the newline.
+    const controls = [...r.stderr.slice(0, -1)].filter((c) => {
+      const cp = c.codePointAt(0) ?? 0;
+      return cp < 0x20 || (cp >= 0x7f && cp < 0xa0);
+    });
+    expect(controls).toEqual([]);
     // No image, no staging directory, no name; the outside directory is as it was.
     expect(cacheEntries()).toEqual(before);
     expect(names()).not.toContain("hostile");

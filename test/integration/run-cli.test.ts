@@ -15,8 +15,9 @@ import {
 import path from "node:path";
 import Database from "better-sqlite3";
 import { beforeAll, describe, expect, it } from "vitest";
-import { corral, expectOneLineError } from "../helpers/cli.js";
+import { corral, expectOneLineError, type Ran } from "../helpers/cli.js";
 import { testDataDir } from "../helpers/sandbox.js";
+import { dockerSaveArchive } from "../helpers/tar-writer.js";
 import { buildTinybox } from "../helpers/tinybox.js";
 
 let dataDir: string;
@@ -76,11 +77,26 @@ describe("corral run -- ARGV in an image with only a static binary", () => {
     expect(byDigest).toMatchObject({ code: 0, stdout: "/work\n" });
   });
 
-  it("passes the program's exit code through; a missing program is one line and 125", async () => {
+  it("passes the program's exit code through; not found is 127, not executable 126, as docker", async () => {
     expect((await tiny(["--", "/tinybox", "exit", "7"])).code).toBe(7);
-    expectOneLineError(
+    const oneLine = (r: Ran, code: number, message: string) => {
+      expect(r).toMatchObject({ code, stdout: "", stderr: `corral: ${message}\n` });
+    };
+    oneLine(
       await tiny(["--", "/bin/sh", "-c", "true"]),
-      /exec \/bin\/sh: No such file or directory/,
+      127,
+      "program /bin/sh not found in the image",
+    );
+    oneLine(
+      await tiny(["--", "nosuchprog"]),
+      127,
+      "program nosuchprog not found in the image (looked up in its PATH)",
+    );
+    // A directory is there but cannot be executed.
+    oneLine(
+      await tiny(["--", "/work"]),
+      126,
+      "program /work is not executable in the image (permission denied)",
     );
   });
 
@@ -195,6 +211,59 @@ describe("corral run -- ARGV in an image with only a static binary", () => {
   });
 });
 
+describe("an imported image's Entrypoint, Cmd and WorkingDir, as docker run uses them", () => {
+  const img = (name: string, args: string[]) =>
+    corral(["--data-dir", dataDir, "--image-dir", imageDir, "run", "--image", name, ...args]);
+
+  beforeAll(async () => {
+    const tinybox = readFileSync(path.join(dataDir, "bin", "tinybox"));
+    const layer = [{ name: "tinybox", data: tinybox, mode: 0o755 }];
+    const images: [string, Record<string, unknown>][] = [
+      ["ep", { Entrypoint: ["/tinybox"], Cmd: ["pwd"], WorkingDir: "/srv/app" }],
+      ["cmd-only", { Cmd: ["/tinybox", "from", "cmd"] }],
+    ];
+    for (const [name, config] of images) {
+      const file = path.join(dataDir, `${name}.tar`);
+      writeFileSync(file, dockerSaveArchive([layer], { repoTag: `${name}:v1`, config }));
+      const r = await corral(["--image-dir", imageDir, "image", "import", file, "--name", name]);
+      expect(r.stderr).toBe("");
+    }
+  });
+
+  it("no program: Entrypoint + Cmd in WorkingDir (made when missing)", async () => {
+    expect(await img("ep", [])).toMatchObject({ code: 0, stdout: "/srv/app\n", stderr: "" });
+    const j = JSON.parse((await img("ep", ["--json"])).stdout);
+    expect(j.argv).toEqual(["/tinybox", "pwd"]);
+    expect(await img("cmd-only", [])).toMatchObject({ code: 0, stdout: "argv: from cmd\n" });
+  });
+
+  it("-- ARGS replaces Cmd and keeps Entrypoint; --workdir wins over WorkingDir", async () => {
+    expect((await img("ep", ["--", "exit", "3"])).code).toBe(3);
+    expect((await img("ep", ["--", "hello", "x"])).stdout).toBe("argv: hello x\n");
+    expect((await img("ep", ["-w", "/tmp"])).stdout).toBe("/tmp\n");
+    // No Entrypoint: the arguments are the whole argv, in /work as before.
+    expect((await img("cmd-only", ["--", "/tinybox", "pwd"])).stdout).toBe("/work\n");
+  });
+
+  it("an imported image shifted for another uid base says to import it again", async () => {
+    const r = await corral(
+      ["--data-dir", dataDir, "--image-dir", imageDir, "run", "--image", "ep"],
+      { env: { CORRAL_UID_BASE: "200000000" } },
+    );
+    expectOneLineError(
+      r,
+      /image "ep" was shifted to uid base 100000000, but this configuration uses 200000000 \(import ep\.tar again with `corral image import`\)/,
+    );
+  });
+
+  it("an image with neither says what to give", async () => {
+    expectOneLineError(
+      await tiny([]),
+      /nothing to run: image "tiny" has no Entrypoint or Cmd; give --lang python\|r\|shell\|sql with -c CODE or a FILE, or -- PROGRAM \[ARGS\.\.\.\]/,
+    );
+  });
+});
+
 describe("corral run --db and --in with the default image", () => {
   it("--db brings a SQLite file in as /work/db.sqlite for --lang sql", async () => {
     const dbFile = path.join(dataDir, "numbers.db");
@@ -241,7 +310,12 @@ describe("corral run --db and --in with the default image", () => {
 
 describe("bad input to corral run is one line and exit 125", () => {
   it.each([
-    [["--env", "FOO", "--", "/tinybox"], /--env "FOO": expected NAME=VALUE/],
+    [
+      ["--env", "FOO", "--", "/tinybox"],
+      /--env FOO has no value: give FOO=VALUE \(Corral never reads it from the host\)/,
+    ],
+    [["--mem", "1k", "--", "/tinybox"], /memory limit \(--mem\) 1k is out of range: 8m to 1t$/m],
+    [["--timeout", "0", "--", "/tinybox"], /timeout \(--timeout\) 0ms is out of range: 1ms to 24h/],
     [["-e", "1X=y", "--", "/tinybox"], /--env "1X=y": expected NAME=VALUE/],
     [
       ["--in", "/nonexistent/file", "--", "/tinybox"],
@@ -259,7 +333,8 @@ describe("bad input to corral run is one line and exit 125", () => {
     [["--lang", "shell", "--", "/tinybox"], /cannot be combined with --lang/],
     [["-c", "echo", "--", "/tinybox"], /cannot be combined with --lang or -c/],
     [["--"], /nothing after --/],
-    [[], /nothing to run: give --lang LANGUAGE/],
+    [["-c", "print(1)"], /-c needs --lang python\|r\|shell\|sql/],
+    [["x.py"], /"x.py" needs --lang python\|r\|shell\|sql to run as code/],
     [
       ["--lang", "sql", "--db", "/nonexistent.db", "-c", "select 1;"],
       /--db: cannot read \/nonexistent\.db: ENOENT/,

@@ -2,13 +2,15 @@ import { describe, expect, it } from "vitest";
 import {
   configDiffIds,
   detectArchiveFormat,
+  ociReference,
   parseDockerManifest,
   parseImageConfig,
   parseOciManifest,
   pickFromIndex,
   withDiffIds,
 } from "../../src/images/archive-format.js";
-import { imageNameFromFile, sniffCompression } from "../../src/images/import.js";
+import { archiveImageName, imageNameFromFile, sniffCompression } from "../../src/images/import.js";
+import { canonicalImageName, imageNameFromReference } from "../../src/images/store.js";
 
 const hex = (c: string) => c.repeat(64);
 
@@ -37,7 +39,17 @@ describe("parseDockerManifest", () => {
         { member: "a/layer.tar" },
         { member: `blobs/sha256/${hex("b")}`, storedSha256: hex("b") },
       ],
+      repoTags: [],
     });
+    expect(
+      parseDockerManifest([
+        { Config: "c.json", Layers: [], RepoTags: ["mini:layered", "mini:latest"] },
+      ]).repoTags,
+    ).toEqual(["mini:layered", "mini:latest"]);
+    // `docker save IMAGE_ID` writes no RepoTags (null).
+    expect(
+      parseDockerManifest([{ Config: "c.json", Layers: [], RepoTags: null }]).repoTags,
+    ).toEqual([]);
   });
 
   it.each([
@@ -76,10 +88,36 @@ describe("image config", () => {
         PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
       },
       architecture: "amd64",
+      entrypoint: null,
+      cmd: null,
+      workingDir: null,
     });
     expect(parseImageConfig({ config: { Env: ["PATH=/bin"] } }).env).toEqual({ PATH: "/bin" });
     expect(parseImageConfig({ config: null }).env.PATH).toMatch(/\/usr\/bin/);
     expect(() => parseImageConfig({ config: { Env: "PATH=/bin" } })).toThrow(/Env is not a list/);
+  });
+
+  it("takes Entrypoint, Cmd and WorkingDir (absolute, normalised)", () => {
+    expect(
+      parseImageConfig({
+        config: { Entrypoint: ["/bin/tool", "--x"], Cmd: ["a b"], WorkingDir: "/srv/app/" },
+      }),
+    ).toMatchObject({ entrypoint: ["/bin/tool", "--x"], cmd: ["a b"], workingDir: "/srv/app" });
+    expect(
+      parseImageConfig({ config: { Entrypoint: null, Cmd: [], WorkingDir: "" } }),
+    ).toMatchObject({ entrypoint: null, cmd: null, workingDir: null });
+    expect(parseImageConfig({ config: { WorkingDir: "app/./x/../y" } }).workingDir).toBe("/app/y");
+    expect(parseImageConfig({ config: { WorkingDir: "/../../etc" } }).workingDir).toBe("/etc");
+    expect(parseImageConfig({ config: { WorkingDir: "/" } }).workingDir).toBe("/");
+  });
+
+  it.each([
+    [{ Cmd: "echo hi" }, /Cmd is not a list of strings/],
+    [{ Entrypoint: ["/bin/sh", 1] }, /Entrypoint is not a list of strings/],
+    [{ Cmd: ["a\0b"] }, /Cmd contains a NUL byte/],
+    [{ WorkingDir: 7 }, /WorkingDir is not a string/],
+  ])("refuses the config %j", (config, message) => {
+    expect(() => parseImageConfig({ config })).toThrow(message);
   });
 
   it("reads diff ids and pairs them with layers", () => {
@@ -198,5 +236,74 @@ describe("imageNameFromFile and sniffCompression", () => {
     [[], "none"],
   ])("%j is %s", (bytes, kind) => {
     expect(sniffCompression(Buffer.from(bytes))).toBe(kind);
+  });
+});
+
+describe("image names from the archive", () => {
+  it.each([
+    ["mini:layered", "mini:layered"],
+    ["mini:latest", "mini"],
+    ["mini", "mini"],
+    ["docker.io/library/mini:layered", "mini:layered"],
+    ["localhost:5000/acme/tool:1.2-rc_3", "tool:1.2-rc_3"],
+    [`ghcr.io/acme/tool@sha256:${"a".repeat(64)}`, "tool"],
+    ["Mini:V1", "mini:V1"],
+    ["mini:-bad", null],
+    ["mini:", null],
+    [`sha256:${"a".repeat(64)}`, null],
+    ["", null],
+    ["x".repeat(64), null],
+  ])("reference %j is named %j", (ref, name) => {
+    expect(imageNameFromReference(ref)).toBe(name);
+  });
+
+  it("drops the tag latest, as Docker reads it", () => {
+    expect(canonicalImageName("mini:latest")).toBe("mini");
+    expect(canonicalImageName("mini:v1")).toBe("mini:v1");
+    expect(canonicalImageName("mini")).toBe("mini");
+  });
+
+  it("reads an OCI index's reference: containerd's whole name, else ref.name", () => {
+    const d = (annotations?: Record<string, string>) => ({
+      mediaType: "",
+      digest: `sha256:${hex("a")}`,
+      ...(annotations ? { annotations } : {}),
+    });
+    expect(ociReference(d())).toBeNull();
+    expect(ociReference(d({ "org.opencontainers.image.ref.name": "1.0" }))).toEqual({
+      kind: "tag",
+      value: "1.0",
+    });
+    expect(ociReference(d({ "org.opencontainers.image.ref.name": "mini:layered" }))).toEqual({
+      kind: "reference",
+      value: "mini:layered",
+    });
+    expect(
+      ociReference(
+        d({
+          "io.containerd.image.name": "docker.io/library/mini:layered",
+          "org.opencontainers.image.ref.name": "layered",
+        }),
+      ),
+    ).toEqual({ kind: "reference", value: "docker.io/library/mini:layered" });
+  });
+
+  it("names the image after the first RepoTag, or the OCI reference, else nothing", () => {
+    expect(archiveImageName({ repoTags: ["mini:layered", "other:x"] }, "/tmp/save.tar")).toBe(
+      "mini:layered",
+    );
+    expect(archiveImageName({ repoTags: [] }, "/tmp/save.tar")).toBeNull();
+    expect(archiveImageName({ repoTags: ["bad name"] }, "/tmp/save.tar")).toBeNull();
+    expect(
+      archiveImageName({ oci: { kind: "reference", value: "a/b/mini:2" } }, "/tmp/x.tar"),
+    ).toBe("mini:2");
+    // A bare OCI tag goes after the file's name.
+    expect(archiveImageName({ oci: { kind: "tag", value: "1.0" } }, "/tmp/alpine.tar")).toBe(
+      "alpine:1.0",
+    );
+    expect(archiveImageName({ oci: { kind: "tag", value: "latest" } }, "/tmp/alpine.tar")).toBe(
+      "alpine",
+    );
+    expect(archiveImageName({ oci: null }, "/tmp/alpine.tar")).toBeNull();
   });
 });

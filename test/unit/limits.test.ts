@@ -2,6 +2,8 @@ import { describe, expect, it } from "vitest";
 import { CorralError } from "../../src/core/errors.js";
 import {
   DEFAULT_LIMITS,
+  formatDurationFlag,
+  formatSizeFlag,
   GiB,
   limitsFromFlags,
   MiB,
@@ -65,14 +67,40 @@ describe("limits", () => {
   });
 
   it.each([
-    [{ mem: "1k" }, /memory limit \(--mem\) 1024 is out of range/],
-    [{ cpus: "0" }, /cpu limit \(--cpus\) 0 is out of range/],
-    [{ cpus: "abc" }, /invalid cpus "abc"/],
-    [{ pids: "2" }, /pids limit \(--pids\) 2 is out of range/],
-    [{ timeout: "0s" }, /timeout in ms \(--timeout\) 0 is out of range/],
-    [{ pids: "1.5" }, /invalid pids limit "1.5"/],
+    [{ mem: "1k" }, "memory limit (--mem) 1k is out of range: 8m to 1t"],
+    [{ mem: "2t" }, "memory limit (--mem) 2t is out of range: 8m to 1t"],
+    [{ cpus: "0" }, "cpu limit (--cpus) 0 is out of range: 0.01 to 1024"],
+    [{ cpus: "abc" }, 'invalid cpus "abc"'],
+    [{ pids: "2" }, "pids limit (--pids) 2 is out of range: 8 to 1000000"],
+    [{ timeout: "0s" }, "timeout (--timeout) 0ms is out of range: 1ms to 24h"],
+    [{ timeout: "25h" }, "timeout (--timeout) 25h is out of range: 1ms to 24h"],
+    [{ timeout: "1441m" }, "timeout (--timeout) 1441m is out of range: 1ms to 24h"],
+    [{ disk: "15.5m" }, "disk limit (--disk) 15872k is out of range: 16m to 16t"],
+    [{ outputCap: "2g" }, "output cap (--output-cap) 2g is out of range: 0 to 1g"],
+    [{ fileSize: "0" }, "file size limit (--file-size) 0 is out of range: 1 to 16t"],
+    [{ pids: "1.5" }, 'invalid pids limit "1.5"'],
   ])("refuses %j", (flags, message) => {
     expect(() => limitsFromFlags(flags)).toThrow(message);
+  });
+
+  it.each([
+    [8 * MiB, "8m"],
+    [1024 * GiB, "1t"],
+    [1.5 * MiB, "1536k"],
+    [1000, "1000"],
+    [0, "0"],
+  ])("formats %d bytes as %s", (bytes, text) => {
+    expect(formatSizeFlag(bytes)).toBe(text);
+  });
+
+  it.each([
+    [24 * 3_600_000, "24h"],
+    [90_000, "90s"],
+    [120_000, "2m"],
+    [1500, "1500ms"],
+    [1, "1ms"],
+  ])("formats %d ms as %s", (ms, text) => {
+    expect(formatDurationFlag(ms)).toBe(text);
   });
 
   it.each([
@@ -116,10 +144,10 @@ describe("limits", () => {
       limitsFromFlags({ ioReadBps: "4m", ioWriteBps: "1m", ioReadIops: "100", ioWriteIops: "50" }),
     ).toMatchObject({ ioReadBps: 4 * MiB, ioWriteBps: MiB, ioReadIops: 100, ioWriteIops: 50 });
     expect(() => limitsFromFlags({ ioReadBps: "1k" })).toThrow(
-      /read bandwidth in bytes\/s \(--io-read-bps\) 1024 is out of range \[262144, /,
+      "read bandwidth per second (--io-read-bps) 1k is out of range: 256k to 1t, or unlimited",
     );
     expect(() => limitsFromFlags({ ioWriteIops: "5" })).toThrow(
-      /write IOPS \(--io-write-iops\) 5 is out of range \[10, /,
+      "write IOPS (--io-write-iops) 5 is out of range: 10 to 10000000, or unlimited",
     );
   });
 });

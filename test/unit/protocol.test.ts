@@ -1,4 +1,6 @@
+import { constants as osConstants } from "node:os";
 import { describe, expect, it } from "vitest";
+import { spawnFailure } from "../../src/supervisor/client.js";
 import {
   decodeExit,
   decodeFileDone,
@@ -225,5 +227,56 @@ describe("file API payloads", () => {
     done.writeBigUInt64BE(7n);
     expect(decodeFileDone(done)).toBe(7);
     expect(() => decodeFileDone(Buffer.alloc(4))).toThrow(/FILE_DONE/);
+  });
+});
+
+describe("spawnFailure", () => {
+  const { ENOENT, EACCES, ENOEXEC, E2BIG } = osConstants.errno;
+  it.each([
+    [
+      ENOENT,
+      "exec nosuch: No such file or directory",
+      "nosuch",
+      "program_not_found",
+      "program nosuch not found in the image (looked up in its PATH)",
+    ],
+    [
+      ENOENT,
+      "exec /bin/sh: No such file or directory",
+      "/bin/sh",
+      "program_not_found",
+      "program /bin/sh not found in the image",
+    ],
+    [
+      EACCES,
+      "exec /work: Permission denied",
+      "/work",
+      "program_not_executable",
+      "program /work is not executable in the image (permission denied)",
+    ],
+    [
+      ENOEXEC,
+      "exec /x: Exec format error",
+      "/x",
+      "program_not_executable",
+      "program /x is not executable in the image (exec format error)",
+    ],
+    [
+      E2BIG,
+      "exec /x: Argument list too long",
+      "/x",
+      "runtime_failed",
+      "exec /x: Argument list too long",
+    ],
+    [
+      ENOENT,
+      "chdir /nowhere: No such file or directory",
+      "/x",
+      "runtime_failed",
+      "chdir /nowhere: No such file or directory",
+    ],
+  ])("errno %d, %j", (errno, message, program, code, text) => {
+    const err = spawnFailure(errno, message, program);
+    expect(err).toMatchObject({ code, message: text, errno });
   });
 });

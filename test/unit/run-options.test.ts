@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   chooseRunProgram,
+  imageProgramArgv,
   inputDestination,
   parseEnvFlags,
   parseInFlag,
@@ -20,8 +21,14 @@ describe("parseEnvFlags", () => {
     expect(parseEnvFlags([])).toEqual({});
   });
 
-  it.each([["FOO"], ["=x"], ["1A=x"], ["A-B=x"], ["A B=x"], [""]])("refuses %j", (item) => {
+  it.each([["=x"], ["1A=x"], ["A-B=x"], ["A B=x"], [""], ["1A"]])("refuses %j", (item) => {
     expect(() => parseEnvFlags([item])).toThrow(/--env .*: expected NAME=VALUE/);
+  });
+
+  it("says a valid name without a value has no value: the host's is never taken", () => {
+    expect(() => parseEnvFlags(["FOO"])).toThrow(
+      "--env FOO has no value: give FOO=VALUE (Corral never reads it from the host)",
+    );
   });
 });
 
@@ -131,6 +138,13 @@ describe("chooseRunProgram", () => {
     });
   });
 
+  it("nothing at all runs the image's default program", () => {
+    expect(chooseRunProgram({ operands: [], argvAfterDash: null })).toEqual({ kind: "image" });
+    expect(chooseRunProgram({ operands: [], argvAfterDash: null, interactive: true })).toEqual({
+      kind: "image",
+    });
+  });
+
   it("--lang with a file, stdin or -c", () => {
     expect(chooseRunProgram({ operands: ["x.py"], argvAfterDash: null, lang: "py" })).toEqual({
       kind: "code",
@@ -148,8 +162,14 @@ describe("chooseRunProgram", () => {
     [{ operands: [], argvAfterDash: ["/x"], code: "x" }, /cannot be combined with --lang or -c/],
     [{ operands: ["f"], argvAfterDash: ["/x"] }, /unexpected "f" before --/],
     [{ operands: [], argvAfterDash: [] }, /nothing after --/],
-    [{ operands: [], argvAfterDash: null }, /nothing to run: give --lang/],
-    [{ operands: ["a.py"], argvAfterDash: null }, /nothing to run/],
+    [
+      { operands: [], argvAfterDash: null, code: "print(1)" },
+      /^-c needs --lang python\|r\|shell\|sql$/,
+    ],
+    [
+      { operands: ["a.py"], argvAfterDash: null },
+      /^"a.py" needs --lang python\|r\|shell\|sql to run as code; a program and its arguments go after --/,
+    ],
     [{ operands: ["a", "b"], argvAfterDash: null, lang: "py" }, /too many arguments: a b/],
     [{ operands: ["a"], argvAfterDash: null, lang: "py", code: "x" }, /either a FILE or -c/],
     [{ operands: [], argvAfterDash: null, lang: "py" }, /no code/],
@@ -159,5 +179,25 @@ describe("chooseRunProgram", () => {
     ],
   ])("refuses %j", (input, message) => {
     expect(() => chooseRunProgram(input)).toThrow(message);
+  });
+});
+
+describe("imageProgramArgv", () => {
+  const both = { entrypoint: ["/bin/tool", "--v"], cmd: ["serve", "-p", "80"] };
+  it.each([
+    ["Entrypoint and Cmd", both, null, ["/bin/tool", "--v", "serve", "-p", "80"]],
+    ["arguments replace Cmd, Entrypoint stays", both, ["check"], ["/bin/tool", "--v", "check"]],
+    ["Cmd alone", { cmd: ["/bin/sh"] }, null, ["/bin/sh"]],
+    ["arguments replace a lone Cmd", { cmd: ["/bin/sh"] }, ["/bin/ls", "/"], ["/bin/ls", "/"]],
+    ["Entrypoint alone", { entrypoint: ["/e"] }, null, ["/e"]],
+    ["no default: the arguments", {}, ["/bin/ls"], ["/bin/ls"]],
+  ])("%s", (_what, image, args, argv) => {
+    expect(imageProgramArgv(image, "x", args)).toEqual(argv);
+  });
+
+  it("says what to give when the image has nothing to run", () => {
+    expect(() => imageProgramArgv({}, "default", null)).toThrow(
+      'nothing to run: image "default" has no Entrypoint or Cmd; give --lang python|r|shell|sql with -c CODE or a FILE, or -- PROGRAM [ARGS...]',
+    );
   });
 });

@@ -93,6 +93,28 @@ describe("image store", () => {
     expect((await resolveImage(imageDir, ref)).meta.key).toBe(key);
   });
 
+  it("takes NAME:TAG names; NAME:latest is NAME", async () => {
+    await setImageName(imageDir, "mini:layered", "eeee5555ffff6666");
+    await setImageName(imageDir, "tool:latest", "cccc3333dddd4444");
+    expect((await readdir(path.join(imageDir, "names"))).sort()).toEqual([
+      "default",
+      "extra",
+      "mini:layered",
+      "tool",
+    ]);
+    expect((await resolveImage(imageDir, "mini:layered")).meta.key).toBe("eeee5555ffff6666");
+    expect((await resolveImage(imageDir, "tool")).meta.key).toBe("cccc3333dddd4444");
+    expect((await resolveImage(imageDir, "tool:latest")).meta.key).toBe("cccc3333dddd4444");
+    expect((await resolveImage(imageDir, "default:latest")).meta.key).toBe("aaaa1111bbbb2222");
+    expect((await errorOf(resolveImage(imageDir, "mini:other"))).code).toBe("image_not_built");
+    await expect(setImageName(imageDir, "sha256:abcd", "eeee5555ffff6666")).rejects.toThrow(
+      /not a valid image name/,
+    );
+    await expect(setImageName(imageDir, "a/b:1", "eeee5555ffff6666")).rejects.toThrow(
+      /not a valid image name/,
+    );
+  });
+
   it("says how to build a missing default image", async () => {
     await rm(path.join(imageDir, "names/default"));
     const err = await errorOf(resolveImage(imageDir, "default"));
@@ -119,7 +141,8 @@ describe("image store", () => {
 
   it("removes an image and the names pointing at it", async () => {
     const removed = await removeImage(imageDir, "default");
-    expect(removed.meta.key).toBe("aaaa1111bbbb2222");
+    expect(removed.untagged).toBeNull();
+    expect(removed.image.meta.key).toBe("aaaa1111bbbb2222");
     const left = await readdir(imageDir);
     expect(left).not.toContain("aaaa1111bbbb2222");
     expect(left.some((n) => n.startsWith(".rm-"))).toBe(false);
@@ -127,6 +150,42 @@ describe("image store", () => {
     expect((await errorOf(resolveImage(imageDir, "default"))).code).toBe("image_not_built");
     // The superseded build of the same name is still there, by key.
     expect((await resolveImage(imageDir, "cccc3333")).meta.name).toBe("default");
+  });
+
+  it("removes only the name given while other names point at the image, as docker rmi", async () => {
+    await setImageName(imageDir, "mini:layered", "eeee5555ffff6666");
+    await setImageName(imageDir, "mini:v2", "eeee5555ffff6666");
+    const first = await removeImage(imageDir, "extra");
+    expect(first.untagged).toBe("extra");
+    expect(first.image.names).toEqual(["mini:layered", "mini:v2"]);
+    expect((await readdir(imageDir)).includes("eeee5555ffff6666")).toBe(true);
+    expect((await errorOf(resolveImage(imageDir, "extra"))).code).toBe("image_not_built");
+    expect((await removeImage(imageDir, "mini:layered")).untagged).toBe("mini:layered");
+    // The last name takes the image with it.
+    const last = await removeImage(imageDir, "mini:v2");
+    expect(last.untagged).toBeNull();
+    expect(await readdir(imageDir)).not.toContain("eeee5555ffff6666");
+    expect(await readdir(path.join(imageDir, "names"))).toEqual(["default"]);
+  });
+
+  it("removes the image with all its names when given its key or digest", async () => {
+    await setImageName(imageDir, "other", "eeee5555ffff6666");
+    const removed = await removeImage(imageDir, "sha256:7777");
+    expect(removed.untagged).toBeNull();
+    expect(await readdir(imageDir)).not.toContain("eeee5555ffff6666");
+    expect(await readdir(path.join(imageDir, "names"))).toEqual(["default"]);
+  });
+
+  it("says how to get a missing named image: build, import, or look", async () => {
+    const err = await errorOf(resolveImage(imageDir, "nosuch"));
+    expect(err.message).toBe(
+      'image "nosuch" is not built: run `corral image build RECIPE.yaml` with a recipe named nosuch, or `corral image import FILE --name nosuch`',
+    );
+    expect(err.hint).toBe("`corral image ls` lists the images there are");
+    // A tag only comes from an import.
+    expect((await errorOf(resolveImage(imageDir, "mini:v9"))).message).toBe(
+      'image "mini:v9" is not built: run `corral image import FILE --name mini:v9`',
+    );
   });
 
   it("refuses to remove with an ambiguous reference", async () => {

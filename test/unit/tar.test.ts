@@ -211,6 +211,13 @@ describe("parseNumber", () => {
     expect(() => parseNumber(Buffer.from([0xff, 0xff]), "size")).toThrow(/negative size/);
     expect(() => parseNumber(Buffer.from("12a4\0"), "mode")).toThrow(/not an octal number/);
   });
+
+  it("shows a garbage field's bytes escaped, never raw (an ESC would reach the terminal)", () => {
+    const field = Buffer.from([0x1b, 0x5b, 0x33, 0x31, 0x6d, 0x88, 0xe9, 0x22]);
+    expect(() => parseNumber(field, "header checksum")).toThrow(
+      'header checksum is not an octal number: "\\x1b[31m\\x88\\xe9\\""',
+    );
+  });
 });
 
 describe("parsePaxRecords", () => {
