@@ -65,6 +65,21 @@ describe("isolation", () => {
     expect(py.stdout.text).toBe("-1 Operation not permitted\n".repeat(5));
   });
 
+  it("no leases: F_SETLEASE is refused, other fcntl commands work", async () => {
+    const r = await env.run(
+      "python",
+      [
+        "import fcntl, os",
+        "fd = os.open('/opt/venv/bin/python3', os.O_RDONLY)",
+        "print(fcntl.fcntl(fd, fcntl.F_GETFD) >= 0)",
+        "try:",
+        "    fcntl.fcntl(fd, 1024, fcntl.F_RDLCK); print('lease taken')",
+        "except OSError as e: print(e.errno)",
+      ].join("\n"),
+    );
+    expect(r.stdout.text).toBe("True\n1\n");
+  });
+
   it("no-mount: mount fails", async () => {
     const r = await sh("mount -t tmpfs x /mnt; echo rc=$?");
     expect(r.stdout.text).toMatch(/rc=(1|32)\n$/);

@@ -72,6 +72,16 @@ describe("seccomp profile (table test)", () => {
     expect(unconditionallyAllowed.has(name)).toBe(true);
   });
 
+  it("allows every fcntl but F_SETLEASE (a lease can stall another process's execve)", () => {
+    expect(rulesFor("fcntl")).toEqual([
+      {
+        names: ["fcntl"],
+        action: "SCMP_ACT_ALLOW",
+        args: [{ index: 1, value: 1024, op: "SCMP_CMP_NE" }],
+      },
+    ]);
+  });
+
   it("answers clone3 with ENOSYS so glibc falls back to clone", () => {
     expect(rulesFor("clone3")).toEqual([
       { names: ["clone3"], action: "SCMP_ACT_ERRNO", errnoRet: ENOSYS },

@@ -56,6 +56,9 @@ export interface OciSeccomp {
 export const EPERM = 1;
 export const ENOSYS = 38;
 
+/** fcntl's F_SETLEASE command (linux/fcntl.h: F_LINUX_SPECIFIC_BASE + 0). */
+export const F_SETLEASE = 1024;
+
 /** clone flags that create a namespace: CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET. */
 export const CLONE_NEW_MASK = 0x7e020000;
 /** Socket families 0..37 are allowed; 38 (AF_ALG), 40 (AF_VSOCK) and everything newer are not. */
@@ -110,7 +113,6 @@ export const ALLOWED_SYSCALLS: readonly string[] = [
   "fchmodat",
   "fchown",
   "fchownat",
-  "fcntl",
   "fdatasync",
   "fgetxattr",
   "flistxattr",
@@ -436,6 +438,15 @@ export function buildSeccompProfile(): OciSeccomp {
         names: ["clone"],
         action: "SCMP_ACT_ALLOW",
         args: [{ index: 0, value: CLONE_NEW_MASK, valueTwo: 0, op: "SCMP_CMP_MASKED_EQ" }],
+      },
+      // Every fcntl but F_SETLEASE: a lease on a file another process execs (a program of
+      // the image, owned by the sandbox's root) blocks that execve for as long as the
+      // holder likes, which let code stall the supervisor and tamper with a child before
+      // exec. Ordinary programs take no leases (Samba and NFS servers do).
+      {
+        names: ["fcntl"],
+        action: "SCMP_ACT_ALLOW",
+        args: [{ index: 1, value: F_SETLEASE, op: "SCMP_CMP_NE" }],
       },
       // clone3's flags live in memory seccomp cannot read: ENOSYS makes glibc use clone.
       { names: ["clone3"], action: "SCMP_ACT_ERRNO", errnoRet: ENOSYS },
