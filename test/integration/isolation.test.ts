@@ -80,6 +80,11 @@ describe("isolation", () => {
     expect(r.stdout.text).toBe("True\n1\n");
   });
 
+  it("host quotas: queued signals and message queues are bounded per sandbox", async () => {
+    const r = await env.run("shell", "ulimit -i; ulimit -q");
+    expect(r.stdout.text).toBe("1024\n65536\n");
+  });
+
   it("no-mount: mount fails", async () => {
     const r = await sh("mount -t tmpfs x /mnt; echo rc=$?");
     expect(r.stdout.text).toMatch(/rc=(1|32)\n$/);

@@ -68,7 +68,7 @@ describe("buildOciSpec", () => {
     ).toBeUndefined();
   });
 
-  it("applies rlimits for open files, file size and core dumps", () => {
+  it("applies rlimits for open files, file size, core dumps, queued signals and mqueues", () => {
     expect(config.process.rlimits).toEqual([
       { type: "RLIMIT_NOFILE", hard: 1024, soft: 1024 },
       {
@@ -77,6 +77,8 @@ describe("buildOciSpec", () => {
         soft: DEFAULT_LIMITS.fileSizeBytes,
       },
       { type: "RLIMIT_CORE", hard: 0, soft: 0 },
+      { type: "RLIMIT_SIGPENDING", hard: 1024, soft: 1024 },
+      { type: "RLIMIT_MSGQUEUE", hard: 65536, soft: 65536 },
     ]);
   });
 

@@ -8,6 +8,10 @@ import type { SandboxSpec } from "../../core/sandbox.js";
 import { type BlockDevice, type OciBlockIo, planBlockIo } from "./block-io.js";
 import { buildSeccompProfile, type OciSeccomp } from "./seccomp.js";
 
+/** Per sandbox: queued signals, and bytes of POSIX message queues (see rlimits below). */
+export const SIGPENDING_LIMIT = 1024;
+export const MSGQUEUE_LIMIT_BYTES = 64 * 1024;
+
 /** Where the supervisor binary appears inside the sandbox (read-only bind mount). */
 export const SUPERVISOR_PATH_IN_SANDBOX = "/.corral/supervisor";
 /** Where the kernel drivers appear inside the sandbox (read-only bind mount). */
@@ -176,6 +180,11 @@ export function buildOciSpec(input: OciSpecInput): OciConfig {
         { type: "RLIMIT_FSIZE", hard: limits.fileSizeBytes, soft: limits.fileSizeBytes },
         // No core dumps: they would fill the writable layer and may hold secrets.
         { type: "RLIMIT_CORE", hard: 0, soft: 0 },
+        // Queued signals and POSIX message queue bytes are also counted against the user
+        // namespace's owner on the host (root): without a bound of its own, one sandbox
+        // could use up root's allowance (96k signals) and starve the host and neighbours.
+        { type: "RLIMIT_SIGPENDING", hard: SIGPENDING_LIMIT, soft: SIGPENDING_LIMIT },
+        { type: "RLIMIT_MSGQUEUE", hard: MSGQUEUE_LIMIT_BYTES, soft: MSGQUEUE_LIMIT_BYTES },
       ],
       // setuid binaries and file capabilities in the image grant nothing.
       noNewPrivileges: true,
