@@ -845,10 +845,32 @@ struct child_fds {
 static void child_exec(int status_fd, struct child_fds fds, const char *cwd, char *const argv[],
                        char *const envp[], const char *path)
 {
-    /* Non-dumpable /proc files belong to root, which would make our own
-     * oom_score_adj unwritable for a non-root sandbox user. This process is about to
-     * exec user code; the supervisor memory it still holds has nothing that other
-     * processes of the same uid cannot already read through /proc. */
+    /* First of all, before anything can stop or slow us: keep only the child's own pipes
+     * (at 0..count-1) and the status pipe (at count), and close every other descriptor.
+     * The supervisor's connection to the host, its listening socket and other processes'
+     * pipes are then gone from this process before user code could reach it (it can
+     * signal a process of its own uid, or read its memory once it is dumpable). */
+    status_fd = fcntl(status_fd, F_DUPFD_CLOEXEC, 16);
+    if (status_fd < 0)
+        _exit(127);
+    for (int i = 0; i < fds.count; i++)
+        if ((fds.fd[i] = fcntl(fds.fd[i], F_DUPFD_CLOEXEC, 16)) < 0)
+            report_child_failure(status_fd, STAGE_SETUP, errno);
+    for (int i = 0; i < fds.count; i++)
+        if (dup2(fds.fd[i], i) < 0)
+            report_child_failure(status_fd, STAGE_SETUP, errno);
+    /* The status pipe stays open until exec (CLOEXEC), at fd `count`. */
+    if (dup3(status_fd, fds.count, O_CLOEXEC) < 0)
+        report_child_failure(status_fd, STAGE_SETUP, errno);
+    status_fd = fds.count;
+    if (close_range((unsigned)fds.count + 1, ~0U, 0) < 0) {
+        for (int fd = fds.count + 1; fd < 65536; fd++)
+            close(fd);
+    }
+
+    /* Non-dumpable /proc files belong to root, which would make our own oom_score_adj
+     * unwritable for the sandbox's root: dumpable for just that write (we hold nothing
+     * of the supervisor's now), then not again until exec makes the program dumpable. */
     prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
     int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
     if (oom >= 0) {
@@ -856,6 +878,7 @@ static void child_exec(int status_fd, struct child_fds fds, const char *cwd, cha
         (void)ignored;
         close(oom);
     }
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (setsid() < 0)
         report_child_failure(status_fd, STAGE_SETUP, errno);
     /* Ignored signals (SIGPIPE!) and the blocked mask survive exec: reset both. */
@@ -867,26 +890,35 @@ static void child_exec(int status_fd, struct child_fds fds, const char *cwd, cha
     sigset_t empty;
     sigemptyset(&empty);
     sigprocmask(SIG_SETMASK, &empty, NULL);
-
-    status_fd = fcntl(status_fd, F_DUPFD_CLOEXEC, 16);
-    if (status_fd < 0)
-        _exit(127);
-    for (int i = 0; i < fds.count; i++)
-        if ((fds.fd[i] = fcntl(fds.fd[i], F_DUPFD_CLOEXEC, 16)) < 0)
-            report_child_failure(status_fd, STAGE_SETUP, errno);
-    for (int i = 0; i < fds.count; i++)
-        if (dup2(fds.fd[i], i) < 0)
-            report_child_failure(status_fd, STAGE_SETUP, errno);
     if (chdir(cwd) < 0)
         report_child_failure(status_fd, STAGE_CHDIR, errno);
-    /* Everything of ours is already O_CLOEXEC; this also covers anything we missed.
-     * The status pipe must stay open until exec, hence CLOEXEC, not close. */
-    if (close_range((unsigned)fds.count, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
-        for (int fd = fds.count; fd < 4096; fd++)
-            if (fd != status_fd)
-                fcntl(fd, F_SETFD, FD_CLOEXEC);
-    }
     report_child_failure(status_fd, STAGE_EXEC, exec_lookup(argv[0], argv, envp, path));
+}
+
+/*
+ * Read a child's start-up report from its status pipe without waiting for ever: a child
+ * that user code stopped (SIGSTOP, same uid) before it could exec must not freeze the
+ * supervisor. Returns the bytes read, 0 at end of file (exec succeeded), or -1 when
+ * nothing came within START_TIMEOUT_MS (the caller then kills the child).
+ */
+#define START_TIMEOUT_MS 5000
+static ssize_t read_start_report(int fd, void *buf, size_t len, int64_t deadline_ms)
+{
+    for (;;) {
+        int64_t left = deadline_ms - now_ms();
+        if (left <= 0)
+            return -1;
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        int r = poll(&pfd, 1, (int)left);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        ssize_t n = read(fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 ? 0 : n;
+    }
 }
 
 /* ------------------------------------------------------------- requests */
@@ -1184,11 +1216,16 @@ static void handle_spawn(uint32_t channel, const unsigned char *p, uint32_t len)
 
     /* EOF on the CLOEXEC status pipe means exec succeeded. */
     int32_t msg[2];
-    ssize_t n;
-    do
-        n = read(st[0], msg, sizeof msg);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = read_start_report(st[0], msg, sizeof msg, now_ms() + START_TIMEOUT_MS);
     close_fd(&st[0]);
+    if (n < 0) {
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        close_pair(in), close_pair(out), close_pair(err);
+        return send_error(channel, ETIMEDOUT, "%s did not start within %d ms (stopped before exec?)",
+                          argv0, START_TIMEOUT_MS);
+    }
     if (n == (ssize_t)sizeof msg) {
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
         }
@@ -1526,15 +1563,22 @@ static void handle_ctx_start(uint32_t channel, const unsigned char *p, uint32_t 
      * reports where it failed. */
     int32_t msg[2] = { 0, 0 }, fail[2];
     ssize_t n, m = 0;
-    do
-        n = read(st[0], msg, sizeof msg);
-    while (n < 0 && errno == EINTR);
-    if (n == (ssize_t)sizeof msg && msg[0] == STAGE_PID) {
-        do
-            m = read(st[0], fail, sizeof fail);
-        while (m < 0 && errno == EINTR);
-    }
+    int64_t deadline = now_ms() + START_TIMEOUT_MS;
+    n = read_start_report(st[0], msg, sizeof msg, deadline);
+    if (n == (ssize_t)sizeof msg && msg[0] == STAGE_PID)
+        m = read_start_report(st[0], fail, sizeof fail, deadline);
     close_fd(&st[0]);
+    if (n < 0 || m < 0) {
+        /* Stopped before exec: the keeper's tree goes (it kills the kernel as it dies). */
+        if (n == (ssize_t)sizeof msg && msg[0] == STAGE_PID && msg[1] > 0)
+            kill(msg[1], SIGKILL);
+        kill(keeper, SIGKILL);
+        while (waitpid(keeper, NULL, 0) < 0 && errno == EINTR) {
+        }
+        close_pair(req), close_pair(evt), close_pair(out), close_pair(err);
+        return send_error(channel, ETIMEDOUT, "the kernel did not start within %d ms (stopped before exec?)",
+                          START_TIMEOUT_MS);
+    }
     if (n != (ssize_t)sizeof msg || msg[0] != STAGE_PID || m == (ssize_t)sizeof fail) {
         while (waitpid(keeper, NULL, 0) < 0 && errno == EINTR) {
         }
