@@ -18,6 +18,8 @@
  *   corral-supervisor host-listen SOCKET_PATH -- PROGRAM ARGS...
  * binds the socket, runs PROGRAM (runc) with it at fd 3, and stays behind as the
  * sandbox's shim: a subreaper that reaps the container's init (see host_listen).
+ * Third and fourth, on the host only: layer-up and layer-down mount and unmount a
+ * sandbox's root as the host planned it (layer-ops.c).
  *
  * Build: gcc -std=c11 -static -O2 -Wall -Wextra -Werror (scripts/build-supervisor.mjs).
  */
@@ -45,6 +47,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "layer-ops.h"
 
 #ifndef CORRAL_VERSION
 #define CORRAL_VERSION "0.0.0-dev"
@@ -3006,8 +3010,11 @@ int main(int argc, char **argv)
     }
     if (argc >= 2 && strcmp(argv[1], "host-listen") == 0)
         return host_listen(argc, argv);
+    if (argc >= 2 && (strcmp(argv[1], "layer-up") == 0 || strcmp(argv[1], "layer-down") == 0))
+        return layer_main(argc, argv);
     if (argc != 1) {
-        fprintf(stderr, "usage: corral-supervisor [--version | host-listen SOCKET_PATH -- PROGRAM ARGS...]\n"
+        fprintf(stderr, "usage: corral-supervisor [--version | host-listen SOCKET_PATH -- PROGRAM ARGS...\n"
+                        "                          | layer-up|layer-down WITHIN STEP...]\n"
                         "(without arguments: serve the listening socket at fd 3)\n");
         return 2;
     }
