@@ -224,6 +224,7 @@ export async function layOutSandbox(
         lowerdir: spec.image.rootfs,
       },
       host.layerPool,
+      host.layerMounter,
     ),
   );
   // The layer's loop device exists only now that it is mounted: find the devices to
@@ -629,7 +630,7 @@ export async function removeSandboxResources(
     const removal = known.removal;
     const [removed, unmounted] = await Promise.allSettled([
       phases.time("runc_delete", () => removal),
-      phases.time("unmount", () => unmountLayer(paths)),
+      phases.time("unmount", () => unmountLayer(paths, host.layerMounter)),
     ]);
     if (removed.status === "rejected") {
       // Deletion failed: try once more, as gc would, before giving up.
@@ -638,7 +639,7 @@ export async function removeSandboxResources(
     if (unmounted.status === "rejected") throw unmounted.reason;
   } else {
     await phases.time("runc_delete", () => host.runtime.remove(id));
-    await phases.time("unmount", () => unmountLayer(paths));
+    await phases.time("unmount", () => unmountLayer(paths, host.layerMounter));
   }
   await phases.time("cgroups", async () => {
     for (const dir of await cgroupDirsWithPrefix(cgroupNameFor(host.tag, id))) {
