@@ -134,7 +134,9 @@ describe("layer-up and layer-down", () => {
       expect(await mountsUnder(f.dir)).toEqual([f.rootfs, f.layer]);
       const info = readFileSync("/proc/self/mountinfo", "utf8").split("\n");
       const layerLine = info.find((l) => l.split(" ")[4] === f.layer)!;
-      expect(layerLine).toMatch(/ rw,nosuid,nodev,noatime( \S+)* - ext4 \/dev\/loop\d+ rw$/);
+      expect(layerLine).toMatch(
+        / rw,nosuid,nodev,noatime( \S+)* - ext4 \/dev\/loop\d+ rw,nobarrier,noinit_itable$/,
+      );
       const rootLine = info.find((l) => l.split(" ")[4] === f.rootfs)!;
       expect(rootLine).toContain(
         ` - overlay corral-root rw,lowerdir=${lower},upperdir=${f.layer}/upper,workdir=${f.layer}/work`,
@@ -239,7 +241,8 @@ describe("layer-up and layer-down", () => {
     ["a relative WITHIN", () => ["layer-down", "tmp", "umount", "tmp/x"]],
     ["an unknown flag", (f) => [...up(f, "ext4", "nosuid,exec", "")]],
     ["a repeated flag", (f) => [...up(f, "ext4", "nosuid,nosuid", "")]],
-    ["ext4 with options", (f) => [...up(f, "ext4", "nosuid", "errors=continue")]],
+    ["an ext4 option not in the list", (f) => [...up(f, "ext4", "nosuid", "errors=continue")]],
+    ["a repeated ext4 option", (f) => [...up(f, "ext4", "nosuid", "nobarrier,nobarrier")]],
     ["another file system", (f) => ["layer-up", f.dir, "mount", "x", f.layer, "proc", "", ""]],
     [
       "a tmpfs option not in the list",

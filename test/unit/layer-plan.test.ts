@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
+  EXT4_LAYER_FLAGS,
+  EXT4_LAYER_OPTIONS,
   LAYER_OPS_EXIT,
   type LayerMountPlan,
   layerOpsArgv,
@@ -42,7 +44,7 @@ describe("planLayerUp", () => {
       `${dir}/layer`,
       "ext4",
       "nosuid,nodev,noatime",
-      "",
+      "nobarrier,noinit_itable",
       "mkdir",
       `${dir}/layer/upper`,
       "0755",
@@ -86,7 +88,10 @@ describe("planLayerUp", () => {
 
 describe("mount(8) gets the same options as the direct path", () => {
   it.each([
-    [mountOptionString("loop", ["nosuid", "nodev", "noatime"]), "loop,nosuid,nodev,noatime"],
+    [
+      mountOptionString(`loop,${EXT4_LAYER_OPTIONS}`, EXT4_LAYER_FLAGS),
+      "loop,nobarrier,noinit_itable,nosuid,nodev,noatime",
+    ],
     [
       mountOptionString(tmpfsLayerOptions(tmpfs), TMPFS_LAYER_FLAGS),
       "size=268435456,nr_inodes=100000,mode=0711,nosuid,nodev",

@@ -12,6 +12,7 @@ import { runCommand } from "../../core/proc.js";
 import type { SandboxPaths } from "../../core/sandbox.js";
 import {
   EXT4_LAYER_FLAGS,
+  EXT4_LAYER_OPTIONS,
   type LayerMountPlan,
   type LayerOpsOutcome,
   type LayerOpsPlan,
@@ -154,7 +155,7 @@ async function mountPlanned(
         "-t",
         "ext4",
         "-o",
-        mountOptionString("loop", EXT4_LAYER_FLAGS),
+        mountOptionString(`loop,${EXT4_LAYER_OPTIONS}`, EXT4_LAYER_FLAGS),
         paths.layerImage,
         paths.layer,
       ],

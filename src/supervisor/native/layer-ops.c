@@ -10,7 +10,8 @@
  * program checks the plan against a short, closed list of operations, then runs it:
  *
  *   corral-supervisor layer-up WITHIN STEP...
- *     loop-mount FILE TARGET ext4 FLAGS DATA   FILE on a free loop device (autoclear), mounted
+ *     loop-mount FILE TARGET ext4 FLAGS DATA   FILE on a free loop device (autoclear), mounted;
+ *                                              DATA: nobarrier, noinit_itable or nothing
  *     mount SOURCE TARGET tmpfs|overlay FLAGS DATA
  *     mkdir PATH MODE UID GID                  exactly MODE (no umask), owned by UID:GID
  *   corral-supervisor layer-down WITHIN STEP...
@@ -218,6 +219,29 @@ static int check_tmpfs_data(const char *data)
     return strstr(data, ",,") == NULL && data[0] != ',' && data[strlen(data) - 1] != ',';
 }
 
+/* ext4 (the layer of one sandbox, formatted for it): nobarrier and noinit_itable, each
+ * at most once, or nothing. */
+static int check_ext4_data(const char *data)
+{
+    static const char *keys[] = { "nobarrier", "noinit_itable" };
+    int seen[2] = { 0, 0 };
+    char buf[64];
+    if (data[0] == '\0')
+        return 1;
+    if (strlen(data) >= sizeof buf)
+        return 0;
+    strcpy(buf, data);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int k = 0;
+        while (k < 2 && strcmp(tok, keys[k]) != 0)
+            k++;
+        if (k == 2 || seen[k]++)
+            return 0;
+    }
+    return strstr(data, ",,") == NULL && data[0] != ',' && data[strlen(data) - 1] != ',';
+}
+
 /* overlay: lowerdir, upperdir and workdir, each exactly once, each a clean path; the
  * upper and work directories under WITHIN (the lower one is the read-only image). */
 static int check_overlay_data(struct step *s, const char *within)
@@ -305,7 +329,7 @@ static int parse_plan(int up, const char *within, int argc, char **argv)
                 say("%s: bad flags '%s'", op, a[3]);
                 return -1;
             }
-            int ok = loop ? !strcmp(s->fstype, "ext4") && s->data[0] == '\0'
+            int ok = loop ? !strcmp(s->fstype, "ext4") && check_ext4_data(s->data)
                    : !strcmp(s->fstype, "tmpfs") ? check_tmpfs_data(s->data)
                    : !strcmp(s->fstype, "overlay") ? check_overlay_data(s, within)
                                                    : 0;
@@ -530,7 +554,7 @@ static int run_loop_mount(struct step *s)
     }
     char at[64];
     fd_path(target, at, sizeof at);
-    int rc = mount(dev, at, s->fstype, s->flags, NULL);
+    int rc = mount(dev, at, s->fstype, s->flags, s->data[0] ? s->data : NULL);
     int e = errno;
     close(target);
     /* The mount holds the device now; our close leaves autoclear to detach it at the
