@@ -201,6 +201,7 @@ export async function mountLayer(
       // A damaged entry (say, from before a power loss): discard it, format afresh. (A
       // failure that is not the entry's fails again below, and is reported then.)
       await unmountLayer(paths, mounter);
+      await rm(paths.layerImage, { force: true });
     }
   }
   // A sparse file: it takes host disk only as the sandbox writes.
@@ -213,8 +214,9 @@ export async function mountLayer(
 }
 
 /**
- * Unmount the sandbox's root and layer and detach its loop device, then remove the layer's
- * file; safe to repeat. Returns only once nothing of it is mounted or attached.
+ * Unmount the sandbox's root and layer and detach its loop device; safe to repeat.
+ * Returns only once nothing of it is mounted or attached. The layer's file stays (it goes
+ * with the sandbox's directory).
  */
 export async function unmountLayer(paths: SandboxPaths, mounter: LayerMounter): Promise<void> {
   const mounts = await mountsUnder(paths.dir);
@@ -233,5 +235,4 @@ export async function unmountLayer(paths: SandboxPaths, mounter: LayerMounter): 
     await unmountAllUnder(paths.dir);
     for (const loop of await loopDevicesUnder(paths.dir)) await detachLoop(loop.name);
   }
-  await rm(paths.layerImage, { force: true });
 }
