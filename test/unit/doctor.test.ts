@@ -1,6 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { DEFAULT_LIMITS, MiB } from "../../src/core/limits.js";
-import { decideHostLines, type HostFacts } from "../../src/sandbox/doctor-checks.js";
+import {
+  decideHostLines,
+  describeLayerMounts,
+  type HostFacts,
+} from "../../src/sandbox/doctor-checks.js";
 import {
   assessRuncCves,
   compareVersions,
@@ -340,5 +344,24 @@ describe("decideHostLines", () => {
       status: "degraded",
       detail: expect.stringMatching(/3 failed creations \(last: boom\)/),
     });
+  });
+});
+
+describe("describeLayerMounts", () => {
+  it("ok when the supervisor's layer modes served the probe", () => {
+    expect(describeLayerMounts(null)).toEqual({
+      status: "ok",
+      name: "layer mounts",
+      detail: expect.stringContaining("one corral-supervisor process each way"),
+    });
+  });
+
+  it("degraded, with the reason and a fix, when mount(8) took over", () => {
+    const l = describeLayerMounts("corral-supervisor: layer-up: /dev/loop-control: No such file");
+    expect(l.status).toBe("degraded");
+    expect(l.detail).toBe(
+      "mount(8) and umount(8), a process per mount (slower): corral-supervisor: layer-up: /dev/loop-control: No such file",
+    );
+    expect(l.fix).toContain("openat2");
   });
 });
