@@ -192,6 +192,38 @@ describe("layer-up and layer-down", () => {
     await nothingLeft(f);
   });
 
+  it("layer-down detaches a loop device left bound to a file under the directory (gc's case)", async () => {
+    const f = await fakeSandbox();
+    const g = await fakeSandbox();
+    // Without autoclear, as a crash between attach and mount would leave it; and one
+    // whose file is already deleted.
+    const attach = async (file: string) => {
+      const r = await runCommand(["losetup", "--find", "--show", file]);
+      expect(r.code).toBe(0);
+      return r.stdout.trim();
+    };
+    const kept = await attach(f.layerImage);
+    const orphan = await attach(g.layerImage);
+    rmSync(g.layerImage);
+    try {
+      expect((await loopDevicesUnder(f.dir)).map((l) => l.name)).toEqual([kept]);
+      expect((await loopDevicesUnder(g.dir)).map((l) => l.name)).toEqual([orphan]);
+      const r = await helper(layerOpsArgv(planLayerDown(f, [])));
+      expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
+      expect(await loopDevicesUnder(f.dir)).toEqual([]);
+      // Only the devices under the directory it was given.
+      expect((await loopDevicesUnder(g.dir)).map((l) => l.name)).toEqual([orphan]);
+      const s = await helper(layerOpsArgv(planLayerDown(g, [])));
+      expect(s).toEqual({ code: 0, stdout: "", stderr: "" });
+      expect(await loopDevicesUnder(g.dir)).toEqual([]);
+    } finally {
+      await runCommand(["losetup", "--detach", kept]);
+      await runCommand(["losetup", "--detach", orphan]);
+    }
+    await nothingLeft(f);
+    await nothingLeft(g);
+  });
+
   it("layer-down is safe to repeat and with nothing mounted", async () => {
     const f = await fakeSandbox();
     await down(f);
