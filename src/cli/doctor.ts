@@ -169,7 +169,7 @@ async function probeLines(config: CorralConfig, withIo: boolean): Promise<Doctor
       }
     };
     await probe({ ...DEFAULT_LIMITS });
-    lines.push(describeLayerMounts(host.layerMounter.fallback));
+    lines.push(describeLayerMounts(host.layerMounter.fallback, host.layerMounter.resident));
     if (withIo) {
       try {
         await probe({ ...DEFAULT_LIMITS, ioReadBps: 1024 * GiB }, "cgroup.io");

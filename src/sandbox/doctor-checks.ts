@@ -72,15 +72,17 @@ const REQUIRED_CONTROLLERS: Record<1 | 2, string[]> = {
 
 /**
  * How sandboxes' roots were mounted in the probe: `fallback` is the host's reason for
- * using mount(8) instead of the supervisor's layer modes, or null when they served it.
+ * using mount(8) instead of the supervisor's layer modes, or null when they served it;
+ * `resident`, whether through its resident layer-serve (else a process per plan).
  */
-export function describeLayerMounts(fallback: string | null): DoctorLine {
+export function describeLayerMounts(fallback: string | null, resident: boolean): DoctorLine {
   return fallback === null
     ? {
         status: "ok",
         name: "layer mounts",
-        detail:
-          "direct system calls, one corral-supervisor process each way (layer-up, layer-down)",
+        detail: resident
+          ? "direct system calls, by a resident corral-supervisor layer-serve (a child of its own per plan)"
+          : "direct system calls, one corral-supervisor process each way (layer-up, layer-down)",
       }
     : {
         status: "degraded",

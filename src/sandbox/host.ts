@@ -190,10 +190,11 @@ export async function openHost(config: CorralConfig): Promise<Host> {
           layerPoolLockName(dataTag(config.dataDir)),
         )
       : null;
+  const layerMounter = new LayerMounter(supervisor, await symlinkedDirs(config), sandboxesDir);
   return {
     config,
     tag: dataTag(config.dataDir),
-    layerMounter: new LayerMounter(supervisor, await symlinkedDirs(config)),
+    layerMounter,
     events: new EventLog(db),
     runtime: new RuncRuntime(config.runtime, runcRoot, supervisor),
     supervisor,
@@ -203,6 +204,7 @@ export async function openHost(config: CorralConfig): Promise<Host> {
     layerPool,
     close: () => {
       layerPool?.close();
+      layerMounter.close();
       db.close();
     },
   };

@@ -31,6 +31,7 @@ import {
   planLayerDown,
   planLayerUp,
 } from "../../src/sandbox/runtime/layer-plan.js";
+import { LayerServer } from "../../src/sandbox/runtime/layer-server.js";
 import { loopDevicesUnder, mountsUnder } from "../../src/sandbox/runtime/mounts.js";
 import { Sandbox } from "../../src/sandbox/sandbox.js";
 import { supervisorBinaryPath } from "../../src/supervisor/paths.js";
@@ -326,9 +327,99 @@ function up(f: Fake, fstype: string, flags: string, data: string): string[] {
   return ["layer-up", f.dir, "loop-mount", f.layerImage, f.layer, fstype, flags, data];
 }
 
+describe("layer-serve", () => {
+  const pgrepServe = async (root: string) =>
+    (await runCommand(["pgrep", "-f", `layer-serve ${root}$`])).stdout.trim();
+
+  it("runs the same plans as the one-shot modes, one child each, and ends at close", async () => {
+    const server = new LayerServer(BIN, base);
+    try {
+      const f = await fakeSandbox();
+      const up = await server.run(layerOpsArgv(planLayerUp(f, plan("ext4-loop"))));
+      expect(up).toMatchObject({ code: 0, stderr: "" });
+      expect(up.stdout).toMatch(/^loop \/dev\/loop\d+\n$/);
+      expect(await mountsUnder(f.dir)).toEqual([f.rootfs, f.layer]);
+      const down = await server.run(layerOpsArgv(planLayerDown(f, await mountsUnder(f.dir))));
+      expect(down).toEqual({ code: 0, stdout: "", stderr: "" });
+      await nothingLeft(f);
+      // A failing plan answers like the one-shot mode, and the server goes on.
+      const g = await fakeSandbox();
+      const bad = await server.run(
+        layerOpsArgv(planLayerUp(g, plan("ext4-loop", path.join(base, "no-such-image")))),
+      );
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toMatch(/^corral-supervisor: layer-up: .*no-such-image: No such file/);
+      await nothingLeft(g);
+      expect(server.usable).toBe(true);
+      expect(await pgrepServe(base)).not.toBe("");
+    } finally {
+      server.close();
+    }
+    const deadline = Date.now() + 5000;
+    while ((await pgrepServe(base)) !== "" && Date.now() < deadline) await sleep(20);
+    expect(await pgrepServe(base)).toBe("");
+  });
+
+  it("refuses a plan for a directory outside its root, and one of another mode", async () => {
+    const inner = path.join(base, "serve-root");
+    mkdirSync(inner, { recursive: true, mode: 0o711 });
+    const server = new LayerServer(BIN, inner);
+    try {
+      const f = await fakeSandbox(); // under base, not under inner
+      const r = await server.run(layerOpsArgv(planLayerDown(f, [])));
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`a plan is layer-up or layer-down of a directory under ${inner}`);
+      const other = await server.run(["host-listen", `${inner}/x`, "--", "/bin/true"]);
+      expect(other.code).toBe(2);
+    } finally {
+      server.close();
+    }
+  });
+
+  it("a malformed request ends the server with one line (the host then goes without it)", async () => {
+    const child = execFile(BIN, ["layer-serve", base]);
+    let stderr = "";
+    child.stderr?.on("data", (c) => {
+      stderr += c;
+    });
+    const code = await new Promise<number | null>((resolve) => {
+      child.once("exit", resolve);
+      // A length of 3 and a body that does not end with a NUL.
+      child.stdin?.end(Buffer.from([0, 0, 0, 3, 0x61, 0x62, 0x63]));
+    });
+    expect(code).toBe(2);
+    expect(stderr).toBe("corral-supervisor: layer-serve: malformed request\n");
+  });
+
+  it("a mounter whose server dies runs the plan with the one-shot mode, and goes on so", async () => {
+    const mounter = new LayerMounter(BIN, null, base);
+    try {
+      const f = await fakeSandbox();
+      await mounter.run(planLayerDown(f, []), "first");
+      expect(mounter.resident).toBe(true);
+      const pid = Number((await pgrepServe(base)).split("\n")[0]);
+      expect(pid).toBeGreaterThan(0);
+      process.kill(pid, "SIGKILL");
+      await sleep(100);
+      const done = await mounter.run(planLayerUp(f, plan("ext4-loop")), "after");
+      expect(done.kind).toBe("done");
+      expect(mounter.resident).toBe(false);
+      expect(mounter.direct).toBe(true);
+      await down(f);
+    } finally {
+      mounter.close();
+    }
+  });
+});
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 describe("sandboxes", () => {
   it("create and destroy go through the helper: the layer's loop device is gone after destroy", async () => {
     expect(env.host.layerMounter.direct).toBe(true);
+    expect(env.host.layerMounter.resident).toBe(true);
     const sandbox = await Sandbox.create(env.host, {
       image: env.image,
       limits: { ...DEFAULT_LIMITS },

@@ -348,16 +348,22 @@ describe("decideHostLines", () => {
 });
 
 describe("describeLayerMounts", () => {
-  it("ok when the supervisor's layer modes served the probe", () => {
-    expect(describeLayerMounts(null)).toEqual({
+  it("ok when the supervisor's layer modes served the probe, resident or one-shot", () => {
+    expect(describeLayerMounts(null, true)).toEqual({
       status: "ok",
       name: "layer mounts",
-      detail: expect.stringContaining("one corral-supervisor process each way"),
+      detail: expect.stringContaining("by a resident corral-supervisor layer-serve"),
     });
+    expect(describeLayerMounts(null, false).detail).toContain(
+      "one corral-supervisor process each way",
+    );
   });
 
   it("degraded, with the reason and a fix, when mount(8) took over", () => {
-    const l = describeLayerMounts("corral-supervisor: layer-up: /dev/loop-control: No such file");
+    const l = describeLayerMounts(
+      "corral-supervisor: layer-up: /dev/loop-control: No such file",
+      false,
+    );
     expect(l.status).toBe("degraded");
     expect(l.detail).toBe(
       "mount(8) and umount(8), a process per mount (slower): corral-supervisor: layer-up: /dev/loop-control: No such file",

@@ -34,6 +34,7 @@ import {
   workDir,
 } from "./layer-plan.js";
 import type { LayerPool } from "./layer-pool.js";
+import { LayerServer, LayerServerGone } from "./layer-server.js";
 import { detachLoop, loopDevicesUnder, mountsUnder, unmountAllUnder } from "./mounts.js";
 
 export type LayerPlan = LayerMountPlan;
@@ -46,21 +47,38 @@ async function must(argv: string[], what: string): Promise<void> {
 }
 
 /**
- * Who carries out the layer plans: the supervisor binary's layer-up and layer-down modes
- * (one process each way, direct system calls), or mount(8) and umount(8) when those are
- * unavailable here. One per host; it falls back for good at the first sign that the
- * kernel lacks what the direct path needs.
+ * Who carries out the layer plans: the supervisor binary (direct system calls), through
+ * its resident layer-serve when it has one (no process of ours per plan) or its one-shot
+ * layer-up and layer-down modes; or mount(8) and umount(8) when those are unavailable
+ * here. One per host; it falls back to mount(8) for good at the first sign that the
+ * kernel lacks what the direct path needs, and to the one-shot modes if layer-serve dies.
  */
 export class LayerMounter {
+  private readonly server: LayerServer | null;
+
   constructor(
     /** The supervisor binary, or null to use mount(8) from the start. */
     readonly helper: string | null,
     /** Why mount(8) is used instead of the supervisor's layer modes, or null. */
     public fallback: string | null = helper === null ? "no supervisor binary" : null,
-  ) {}
+    /** With a directory, plans for sandboxes under it go through a resident layer-serve. */
+    serveRoot: string | null = null,
+  ) {
+    this.server = helper !== null && serveRoot !== null ? new LayerServer(helper, serveRoot) : null;
+  }
 
   get direct(): boolean {
     return this.helper !== null && this.fallback === null;
+  }
+
+  /** Whether plans go through the resident layer-serve (until it fails). */
+  get resident(): boolean {
+    return this.direct && this.server?.usable === true;
+  }
+
+  /** Stop the resident layer-serve (it exits after the plan under way, if any). */
+  close(): void {
+    this.server?.close();
   }
 
   /**
@@ -71,10 +89,21 @@ export class LayerMounter {
   async run(plan: LayerOpsPlan, what: string): Promise<LayerOpsOutcome> {
     const helper = this.helper;
     if (helper === null) return { kind: "unsupported", message: "no supervisor binary" };
-    const outcome = await new Promise<LayerOpsOutcome>((resolve) => {
+    const args = layerOpsArgv(plan);
+    let outcome: LayerOpsOutcome | null = null;
+    if (this.server?.usable && plan.within.startsWith(`${this.server.root}/`)) {
+      try {
+        const r = await this.server.run(args);
+        outcome = layerOpsOutcome(r.code, r.stdout, r.stderr);
+      } catch (err) {
+        if (!(err instanceof LayerServerGone)) throw err;
+        // Gone (killed, or it failed to start): the one-shot mode below runs the plan.
+      }
+    }
+    outcome ??= await new Promise<LayerOpsOutcome>((resolve) => {
       execFile(
         helper,
-        layerOpsArgv(plan),
+        args,
         { timeout: 60_000, killSignal: "SIGKILL", maxBuffer: 1024 * 1024 },
         (error, stdout, stderr) => {
           if (error && typeof (error as NodeJS.ErrnoException).code === "string") {
@@ -87,7 +116,10 @@ export class LayerMounter {
         },
       );
     });
-    if (outcome.kind === "unsupported") this.fallback = outcome.message;
+    if (outcome.kind === "unsupported") {
+      this.fallback = outcome.message;
+      this.server?.close();
+    }
     if (outcome.kind === "failed") {
       throw new CorralError("runtime_failed", `${what} failed: ${outcome.message}`);
     }

@@ -3075,9 +3075,11 @@ int main(int argc, char **argv)
         return host_listen(argc, argv);
     if (argc >= 2 && (strcmp(argv[1], "layer-up") == 0 || strcmp(argv[1], "layer-down") == 0))
         return layer_main(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "layer-serve") == 0)
+        return layer_serve(argc, argv);
     if (argc != 1) {
         fprintf(stderr, "usage: corral-supervisor [--version | host-listen SOCKET_PATH [--after-stop N CMD...] -- PROGRAM ARGS...\n"
-                        "                          | layer-up|layer-down WITHIN STEP...]\n"
+                        "                          | layer-up|layer-down WITHIN STEP... | layer-serve ROOT]\n"
                         "(without arguments: serve the listening socket at fd 3)\n");
         return 2;
     }

@@ -48,6 +48,8 @@
 #include <limits.h>
 #include <linux/loop.h>
 #include <linux/openat2.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,6 +59,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -759,4 +762,199 @@ int layer_main(int argc, char **argv)
     }
     fflush(stdout);
     return 0;
+}
+
+/* ------------------------------------------------------------ layer-serve */
+
+/*
+ * layer-serve ROOT: the same plans, without a process of the host's per plan. The host
+ * starts one per data directory and sends plans on our stdin; for each we fork a child
+ * that runs it exactly as layer-up or layer-down would (layer_main, all its checks) and
+ * send back its exit status and output. Forking this small static process costs a small
+ * fraction of what the host's own fork and exec of a new one does (the host's process is
+ * large), which is most of a layer-up's time. The host is our only peer: it holds both
+ * ends of our stdio, and we exit when it closes our stdin.
+ *
+ * Request:  u32 length (big-endian), then the arguments (mode, WITHIN, steps), each
+ *           ending with a NUL. The mode is layer-up or layer-down, WITHIN lies under ROOT.
+ * Reply:    u32 length, u8 exit status (as the one-shot modes'), u32 length of what the
+ *           plan wrote on stdout, that, then what it wrote on stderr.
+ * One request at a time, answered in order.
+ */
+#define SERVE_MAX_REQUEST (64u << 10)
+#define SERVE_MAX_ARGS 128
+#define SERVE_MAX_OUTPUT (16u << 10)
+
+static int read_full(int fd, unsigned char *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const unsigned char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static void put_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* Run one plan in a child; its status and output (each stream capped) come back. */
+static int serve_one(char **args, int nargs, unsigned char *out, size_t *out_len,
+                     unsigned char *err, size_t *err_len)
+{
+    int po[2], pe[2];
+    if (pipe2(po, O_CLOEXEC) < 0)
+        return -1;
+    if (pipe2(pe, O_CLOEXEC) < 0) {
+        close(po[0]);
+        close(po[1]);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(po[0]);
+        close(po[1]);
+        close(pe[0]);
+        close(pe[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (nul < 0 || dup2(nul, STDIN_FILENO) < 0 || dup2(po[1], STDOUT_FILENO) < 0 ||
+            dup2(pe[1], STDERR_FILENO) < 0)
+            _exit(EXIT_FAILED);
+        signal(SIGPIPE, SIG_DFL);
+        /* argv as the one-shot modes see it: argv[0] is the program. */
+        char *argv[SERVE_MAX_ARGS + 2];
+        argv[0] = "corral-supervisor";
+        for (int i = 0; i < nargs; i++)
+            argv[i + 1] = args[i];
+        argv[nargs + 1] = NULL;
+        int code = layer_main(nargs + 1, argv);
+        fflush(stdout);
+        fflush(stderr);
+        _exit(code);
+    }
+    close(po[1]);
+    close(pe[1]);
+    *out_len = *err_len = 0;
+    struct pollfd pf[2] = { { po[0], POLLIN, 0 }, { pe[0], POLLIN, 0 } };
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (poll(pf, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        for (int k = 0; k < 2; k++) {
+            if (pf[k].fd < 0 || !(pf[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            unsigned char *buf = k == 0 ? out : err;
+            size_t *len = k == 0 ? out_len : err_len;
+            unsigned char scratch[4096];
+            size_t room = SERVE_MAX_OUTPUT - *len;
+            ssize_t n = read(pf[k].fd, room > 0 ? buf + *len : scratch,
+                             room > 0 ? room : sizeof scratch);
+            if (n > 0 && room > 0)
+                *len += (size_t)n;
+            if (n == 0 || (n < 0 && errno != EINTR)) {
+                close(pf[k].fd);
+                pf[k].fd = -1;
+                open_fds--;
+            }
+        }
+    }
+    for (int k = 0; k < 2; k++)
+        if (pf[k].fd >= 0)
+            close(pf[k].fd);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_FAILED;
+}
+
+int layer_serve(int argc, char **argv)
+{
+    mode_name = "layer-serve";
+    if (argc != 3 || !clean_path(argv[2])) {
+        say("usage: corral-supervisor layer-serve ROOT (a clean absolute path)");
+        return EXIT_REFUSED;
+    }
+    const char *root = argv[2];
+    /* The host reading our replies may go away: its end of the pipe says so. */
+    signal(SIGPIPE, SIG_IGN);
+    static unsigned char req[SERVE_MAX_REQUEST + 1];
+    static unsigned char out[SERVE_MAX_OUTPUT], err[SERVE_MAX_OUTPUT];
+    for (;;) {
+        unsigned char hdr[4];
+        if (read_full(STDIN_FILENO, hdr, 4) < 0)
+            return 0; /* the host closed our stdin: done */
+        uint32_t len = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | hdr[3];
+        if (len == 0 || len > SERVE_MAX_REQUEST || read_full(STDIN_FILENO, req, len) < 0 ||
+            req[len - 1] != '\0') {
+            say("malformed request");
+            return EXIT_REFUSED; /* the stream is out of step: the host starts over */
+        }
+        char *args[SERVE_MAX_ARGS];
+        int nargs = 0;
+        int refused = 0;
+        for (uint32_t at = 0; at < len;) {
+            if (nargs == SERVE_MAX_ARGS) {
+                refused = 1;
+                break;
+            }
+            args[nargs++] = (char *)req + at;
+            at += (uint32_t)strlen((char *)req + at) + 1;
+        }
+        size_t out_len = 0, err_len = 0;
+        int code;
+        if (refused || nargs < 2 ||
+            (strcmp(args[0], "layer-up") != 0 && strcmp(args[0], "layer-down") != 0) ||
+            !clean_path(args[1]) || !strictly_under(args[1], root)) {
+            err_len = (size_t)snprintf((char *)err, sizeof err,
+                                       "corral-supervisor: layer-serve: refused: a plan is "
+                                       "layer-up or layer-down of a directory under %s\n",
+                                       root);
+            code = EXIT_REFUSED;
+        } else {
+            code = serve_one(args, nargs, out, &out_len, err, &err_len);
+            if (code < 0) {
+                err_len = (size_t)snprintf((char *)err, sizeof err,
+                                           "corral-supervisor: layer-serve: %s\n", strerror(errno));
+                code = EXIT_FAILED;
+            }
+        }
+        unsigned char head[9];
+        put_be32(head, (uint32_t)(1 + 4 + out_len + err_len));
+        head[4] = (unsigned char)code;
+        put_be32(head + 5, (uint32_t)out_len);
+        if (write_full(STDOUT_FILENO, head, sizeof head) < 0 ||
+            write_full(STDOUT_FILENO, out, out_len) < 0 || write_full(STDOUT_FILENO, err, err_len) < 0)
+            return 0; /* the host is gone */
+    }
 }

@@ -5,4 +5,7 @@
 /* argv[1] is "layer-up" or "layer-down"; returns the exit status. */
 int layer_main(int argc, char **argv);
 
+/* argv[1] is "layer-serve", argv[2] the root every plan's WITHIN lies under. */
+int layer_serve(int argc, char **argv);
+
 #endif
