@@ -5,7 +5,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { readlinkSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { asCorralError, CorralError } from "../core/errors.js";
 import { hasIoLimits, type Limits } from "../core/limits.js";
@@ -36,6 +36,7 @@ import {
   removeCgroupDir,
 } from "./runtime/cgroups.js";
 import { type LayerSource, mountLayer, unmountLayer } from "./runtime/layer.js";
+import { mountsUnder } from "./runtime/mounts.js";
 import { buildOciSpec, type OciConfig, SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { decideSelfCheck, NAMESPACES, type SelfCheckDecision } from "./self-check.js";
 
@@ -633,9 +634,25 @@ export async function removeSandboxResources(
 ): Promise<void> {
   const paths = sandboxPaths(host, id);
   // The mounts, then the directory (never before: rm would reach into a mounted layer);
-  // runc's state and cgroups are elsewhere, so this runs alongside runc's deletion.
+  // runc's state and cgroups are elsewhere, so this runs alongside runc's deletion. What
+  // of the directory holds no mount point nor the layer's file (the bundle, the logs)
+  // goes while the unmount runs.
   const unmountThenRemove = async () => {
-    await phases.time("unmount", () => unmountLayer(paths, host.layerMounter));
+    const held = new Set([
+      path.basename(paths.layerImage),
+      ...(await mountsUnder(paths.dir)).map((m) => path.relative(paths.dir, m).split(path.sep)[0]),
+    ]);
+    const names = await readdir(paths.dir).catch(() => [] as string[]);
+    const early = Promise.allSettled(
+      names
+        .filter((n) => !held.has(n))
+        .map((n) => rm(path.join(paths.dir, n), { recursive: true, force: true })),
+    );
+    try {
+      await phases.time("unmount", () => unmountLayer(paths, host.layerMounter));
+    } finally {
+      await early;
+    }
     await phases.time("rm", () => rm(paths.dir, { recursive: true, force: true }));
   };
   if (known.removal) {
