@@ -6,18 +6,21 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const source = path.join(root, "src/supervisor/native/corral-supervisor.c");
+const nativeDir = path.join(root, "src/supervisor/native");
+// The in-sandbox init and its host modes (corral-supervisor.c), and the host-only layer
+// mounts (layer-ops.c, with its header): one binary.
+const inputs = ["corral-supervisor.c", "layer-ops.c", "layer-ops.h"].map((f) =>
+  path.join(nativeDir, f),
+);
+const sources = inputs.filter((f) => f.endsWith(".c"));
 const outDir = path.join(root, "dist/supervisor");
 const out = path.join(outDir, "corral-supervisor");
 const { version } = JSON.parse(readFileSync(path.join(root, "package.json"), "utf8"));
 
-// Skip when the binary is newer than its source and package.json (npm ci, then npm test).
+// Skip when the binary is newer than its sources and package.json (npm ci, then npm test).
 try {
   const built = statSync(out).mtimeMs;
-  if (
-    built > statSync(source).mtimeMs &&
-    built > statSync(path.join(root, "package.json")).mtimeMs
-  ) {
+  if ([...inputs, path.join(root, "package.json")].every((f) => built > statSync(f).mtimeMs)) {
     process.exit(0);
   }
 } catch {
@@ -40,7 +43,7 @@ try {
       `-DCORRAL_VERSION="${version}"`,
       "-o",
       tmp,
-      source,
+      ...sources,
     ],
     { stdio: "inherit" },
   );

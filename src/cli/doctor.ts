@@ -11,7 +11,12 @@ import type { CorralConfig } from "../core/config.js";
 import { asCorralError } from "../core/errors.js";
 import { DEFAULT_LIMITS, GiB } from "../core/limits.js";
 import { runCommand } from "../core/proc.js";
-import { type DoctorLine, decideHostLines, type HostFacts } from "../sandbox/doctor-checks.js";
+import {
+  type DoctorLine,
+  decideHostLines,
+  describeLayerMounts,
+  type HostFacts,
+} from "../sandbox/doctor-checks.js";
 import { openHost } from "../sandbox/host.js";
 import { loadImageRef } from "../sandbox/image-ref.js";
 import { findOnPath, hostHardLimits } from "../sandbox/prerequisites.js";
@@ -164,6 +169,7 @@ async function probeLines(config: CorralConfig, withIo: boolean): Promise<Doctor
       }
     };
     await probe({ ...DEFAULT_LIMITS });
+    lines.push(describeLayerMounts(host.layerMounter.fallback, host.layerMounter.resident));
     if (withIo) {
       try {
         await probe({ ...DEFAULT_LIMITS, ioReadBps: 1024 * GiB }, "cgroup.io");

@@ -70,6 +70,28 @@ const REQUIRED_CONTROLLERS: Record<1 | 2, string[]> = {
   2: ["memory", "cpu", "pids"],
 };
 
+/**
+ * How sandboxes' roots were mounted in the probe: `fallback` is the host's reason for
+ * using mount(8) instead of the supervisor's layer modes, or null when they served it;
+ * `resident`, whether through its resident layer-serve (else a process per plan).
+ */
+export function describeLayerMounts(fallback: string | null, resident: boolean): DoctorLine {
+  return fallback === null
+    ? {
+        status: "ok",
+        name: "layer mounts",
+        detail: resident
+          ? "direct system calls, by a resident corral-supervisor layer-serve (a child of its own per plan)"
+          : "direct system calls, one corral-supervisor process each way (layer-up, layer-down)",
+      }
+    : {
+        status: "degraded",
+        name: "layer mounts",
+        detail: `mount(8) and umount(8), a process per mount (slower): ${fallback}`,
+        fix: "a kernel with openat2 and /dev/loop-control (Linux 5.6+, modprobe loop), and data and image directories not reached through a symbolic link",
+      };
+}
+
 export function decideHostLines(f: HostFacts): DoctorLine[] {
   const lines: DoctorLine[] = [];
   const add = (status: DoctorStatus, name: string, detail: string, fix?: string) =>

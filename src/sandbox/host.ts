@@ -3,7 +3,17 @@
  * supervisor binary that sandboxes run. Opened once per process (CLI command or server).
  */
 import { createHash } from "node:crypto";
-import { chmod, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  copyFile,
+  mkdir,
+  readFile,
+  realpath,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from "node:fs/promises";
 import path from "node:path";
 import { EventLog } from "../audit/events.js";
 import { type CorralConfig, dataTag } from "../core/config.js";
@@ -12,6 +22,7 @@ import { packageRoot } from "../core/package-root.js";
 import { openDb } from "../store/db.js";
 import { supervisorBinaryPath } from "../supervisor/paths.js";
 import { cgroupVersion, swapAccounting } from "./runtime/cgroups.js";
+import { LayerMounter } from "./runtime/layer.js";
 import { LayerPool } from "./runtime/layer-pool.js";
 import { RuncRuntime, type Runtime } from "./runtime/runc.js";
 
@@ -29,6 +40,8 @@ export interface Host {
   sandboxesDir: string;
   /** Pre-made writable layers (see runtime/layer-pool.ts); null when disabled. */
   layerPool: LayerPool | null;
+  /** Mounts and unmounts sandboxes' roots (the supervisor's layer modes, or mount(8)). */
+  layerMounter: LayerMounter;
   /** Close the event store and stop the layer pool (aborting an entry being made). */
   close(): void;
 }
@@ -136,6 +149,20 @@ async function installKernels(dataDir: string): Promise<string> {
   return target;
 }
 
+/**
+ * The supervisor's layer modes follow no symbolic link in any path they are given; a data
+ * or image directory configured through one is served by mount(8) instead, as before.
+ */
+async function symlinkedDirs(config: CorralConfig): Promise<string | null> {
+  for (const dir of [config.dataDir, config.imageDir]) {
+    const real = await realpath(dir).catch(() => dir);
+    if (real !== path.resolve(dir)) {
+      return `${dir} is reached through a symbolic link (${real}): the direct layer mounts follow none`;
+    }
+  }
+  return null;
+}
+
 export async function openHost(config: CorralConfig): Promise<Host> {
   if (process.getuid?.() !== 0) {
     throw new CorralError(
@@ -163,9 +190,11 @@ export async function openHost(config: CorralConfig): Promise<Host> {
           layerPoolLockName(dataTag(config.dataDir)),
         )
       : null;
+  const layerMounter = new LayerMounter(supervisor, await symlinkedDirs(config), sandboxesDir);
   return {
     config,
     tag: dataTag(config.dataDir),
+    layerMounter,
     events: new EventLog(db),
     runtime: new RuncRuntime(config.runtime, runcRoot, supervisor),
     supervisor,
@@ -175,6 +204,7 @@ export async function openHost(config: CorralConfig): Promise<Host> {
     layerPool,
     close: () => {
       layerPool?.close();
+      layerMounter.close();
       db.close();
     },
   };

@@ -4,7 +4,8 @@
  * the owning process dies first (the owner lock says whether it did).
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
+import { readlinkSync } from "node:fs";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { asCorralError, CorralError } from "../core/errors.js";
 import { hasIoLimits, type Limits } from "../core/limits.js";
@@ -31,10 +32,11 @@ import type { CarrierDevice, OciBlockIo } from "./runtime/block-io.js";
 import {
   CgroupReader,
   type CgroupUsage,
-  cgroupDirsWithPrefix,
+  cgroupDirsNamed,
   removeCgroupDir,
 } from "./runtime/cgroups.js";
 import { type LayerSource, mountLayer, unmountLayer } from "./runtime/layer.js";
+import { mountsUnder } from "./runtime/mounts.js";
 import { buildOciSpec, type OciConfig, SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { decideSelfCheck, NAMESPACES, type SelfCheckDecision } from "./self-check.js";
 
@@ -224,6 +226,7 @@ export async function layOutSandbox(
         lowerdir: spec.image.rootfs,
       },
       host.layerPool,
+      host.layerMounter,
     ),
   );
   // The layer's loop device exists only now that it is mounted: find the devices to
@@ -350,10 +353,15 @@ export class Sandbox {
   }
 
   private async runSelfCheck(): Promise<void> {
-    const report = await this.requireClient().probe();
+    // The cgroup's limits are read while the probe is on its way.
+    const [report, cgroup] = await Promise.all([
+      this.requireClient().probe(),
+      this.cgroup.limits({ io: this.blockIo !== undefined }),
+    ]);
     const hostNamespaces: Record<string, string> = {};
     for (const ns of NAMESPACES) {
-      const link = await readlink(`/proc/self/ns/${ns}`);
+      // A kernel pseudo-link that answers at once: read in place, not through the pool.
+      const link = readlinkSync(`/proc/self/ns/${ns}`);
       hostNamespaces[`ns.${ns}`] = /\[(\d+)\]/.exec(link)?.[1] ?? link;
     }
     const decision = decideSelfCheck({
@@ -361,7 +369,7 @@ export class Sandbox {
       hostNamespaces,
       ids: this.spec.ids,
       limits: this.spec.limits,
-      cgroup: await this.cgroup.limits({ io: this.blockIo !== undefined }),
+      cgroup,
       blockIo: this.blockIo,
     });
     this.selfCheck = decision;
@@ -613,8 +621,9 @@ function diffUsage(before: CgroupUsage, after: CgroupUsage): CgroupUsage {
 
 /**
  * Remove everything a sandbox may have left on the host, in dependency order: the
- * container, its mounts and loop device, its cgroups, its directory. Used by destroy and
- * by gc; each step tolerates what is already gone.
+ * container (and with it the cgroups runc made) alongside its mounts and loop device and
+ * then its directory, then any cgroup still left. Used by destroy and by gc; each step
+ * tolerates what is already gone.
  */
 export async function removeSandboxResources(
   host: Host,
@@ -624,12 +633,34 @@ export async function removeSandboxResources(
   known: { removal?: Promise<void> } = {},
 ): Promise<void> {
   const paths = sandboxPaths(host, id);
+  // The mounts, then the directory (never before: rm would reach into a mounted layer);
+  // runc's state and cgroups are elsewhere, so this runs alongside runc's deletion. What
+  // of the directory holds no mount point nor the layer's file (the bundle, the logs)
+  // goes while the unmount runs.
+  const unmountThenRemove = async () => {
+    const held = new Set([
+      path.basename(paths.layerImage),
+      ...(await mountsUnder(paths.dir)).map((m) => path.relative(paths.dir, m).split(path.sep)[0]),
+    ]);
+    const names = await readdir(paths.dir).catch(() => [] as string[]);
+    const early = Promise.allSettled(
+      names
+        .filter((n) => !held.has(n))
+        .map((n) => rm(path.join(paths.dir, n), { recursive: true, force: true })),
+    );
+    try {
+      await phases.time("unmount", () => unmountLayer(paths, host.layerMounter));
+    } finally {
+      await early;
+    }
+    await phases.time("rm", () => rm(paths.dir, { recursive: true, force: true }));
+  };
   if (known.removal) {
     // The container is stopped (its processes reaped): unmount while runc deletes it.
     const removal = known.removal;
     const [removed, unmounted] = await Promise.allSettled([
       phases.time("runc_delete", () => removal),
-      phases.time("unmount", () => unmountLayer(paths)),
+      unmountThenRemove(),
     ]);
     if (removed.status === "rejected") {
       // Deletion failed: try once more, as gc would, before giving up.
@@ -638,14 +669,14 @@ export async function removeSandboxResources(
     if (unmounted.status === "rejected") throw unmounted.reason;
   } else {
     await phases.time("runc_delete", () => host.runtime.remove(id));
-    await phases.time("unmount", () => unmountLayer(paths));
+    await unmountThenRemove();
   }
+  // runc removes the cgroups it made; what is left (a crash, a failed delete) goes here.
   await phases.time("cgroups", async () => {
-    for (const dir of await cgroupDirsWithPrefix(cgroupNameFor(host.tag, id))) {
+    for (const dir of await cgroupDirsNamed(cgroupNameFor(host.tag, id))) {
       await removeCgroupDir(dir);
     }
   });
-  await phases.time("rm", () => rm(paths.dir, { recursive: true, force: true }));
 }
 
 export async function readOwner(host: Host, id: string): Promise<Record<string, unknown> | null> {

@@ -2,6 +2,8 @@
  * Tearing a sandbox down: stop goes through the sandbox's own shim (SIGTERM: it SIGKILLs
  * the container's init, the PID namespace dies with it, the shim reaps everything), so
  * it is quick and leaves no process; the fallback (runc kill, 5 s later) is not needed.
+ * After a stop the shim also deletes the container itself; a container that dies by
+ * itself is left for the host to read (its cgroup's OOM counter) and delete at destroy.
  */
 import { existsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -48,4 +50,55 @@ describe("stop and destroy", () => {
     expect(existsSync(sandbox.paths.dir)).toBe(false);
     expect(processesInSandboxRange([env.host.tag])).toEqual([]);
   });
+
+  it("after a stop the shim deletes the container at once, with no runc process of ours", async () => {
+    const sandbox = await Sandbox.create(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+    });
+    const listed = async () => (await env.host.runtime.list()).some((c) => c.id === sandbox.id);
+    try {
+      expect(await listed()).toBe(true);
+      // The runtime's stop alone (Sandbox.stop would also start a removal of its own).
+      await env.host.runtime.stop(sandbox.id);
+      // Deleted with nothing else asked of runc: the shim's runc delete.
+      const deadline = Date.now() + 5000;
+      while ((await listed()) && Date.now() < deadline) await sleep(20);
+      expect(await listed()).toBe(false);
+    } finally {
+      await sandbox.destroy();
+    }
+    expect(await cgroupDirsWithPrefix(cgroupNameFor(env.host.tag, sandbox.id))).toEqual([]);
+  });
+
+  it("a container that dies by itself is kept (its cgroup readable) until destroy", async () => {
+    const sandbox = await Sandbox.create(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+    });
+    const cgroup = cgroupNameFor(env.host.tag, sandbox.id);
+    try {
+      const init = (await env.host.runtime.list()).find((c) => c.id === sandbox.id);
+      expect(init?.pid).toBeGreaterThan(0);
+      process.kill(init!.pid, "SIGKILL");
+      const deadline = Date.now() + 5000;
+      const status = async () =>
+        (await env.host.runtime.list()).find((c) => c.id === sandbox.id)?.status;
+      while ((await status()) === "running" && Date.now() < deadline) await sleep(20);
+      await sleep(200); // the shim would have deleted it by now, had it been asked to
+      expect(await status()).toBe("stopped");
+      expect((await cgroupDirsWithPrefix(cgroup)).length).toBeGreaterThan(0);
+      expect(sandbox.cgroup.usageNow().cpuUs).not.toBeNull();
+    } finally {
+      await sandbox.destroy();
+    }
+    expect((await env.host.runtime.list()).some((c) => c.id === sandbox.id)).toBe(false);
+    expect(await cgroupDirsWithPrefix(cgroup)).toEqual([]);
+    expect(await mountsUnder(sandbox.paths.dir)).toEqual([]);
+    expect(await loopDevicesUnder(sandbox.paths.dir)).toEqual([]);
+  });
 });
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

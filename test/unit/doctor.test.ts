@@ -1,6 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { DEFAULT_LIMITS, MiB } from "../../src/core/limits.js";
-import { decideHostLines, type HostFacts } from "../../src/sandbox/doctor-checks.js";
+import {
+  decideHostLines,
+  describeLayerMounts,
+  type HostFacts,
+} from "../../src/sandbox/doctor-checks.js";
 import {
   assessRuncCves,
   compareVersions,
@@ -340,5 +344,30 @@ describe("decideHostLines", () => {
       status: "degraded",
       detail: expect.stringMatching(/3 failed creations \(last: boom\)/),
     });
+  });
+});
+
+describe("describeLayerMounts", () => {
+  it("ok when the supervisor's layer modes served the probe, resident or one-shot", () => {
+    expect(describeLayerMounts(null, true)).toEqual({
+      status: "ok",
+      name: "layer mounts",
+      detail: expect.stringContaining("by a resident corral-supervisor layer-serve"),
+    });
+    expect(describeLayerMounts(null, false).detail).toContain(
+      "one corral-supervisor process each way",
+    );
+  });
+
+  it("degraded, with the reason and a fix, when mount(8) took over", () => {
+    const l = describeLayerMounts(
+      "corral-supervisor: layer-up: /dev/loop-control: No such file",
+      false,
+    );
+    expect(l.status).toBe("degraded");
+    expect(l.detail).toBe(
+      "mount(8) and umount(8), a process per mount (slower): corral-supervisor: layer-up: /dev/loop-control: No such file",
+    );
+    expect(l.fix).toContain("openat2");
   });
 });

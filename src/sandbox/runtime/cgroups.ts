@@ -213,6 +213,26 @@ export async function cgroupDirsWithPrefix(prefix: string, root = CGROUP_ROOT): 
   return out;
 }
 
+/**
+ * The cgroup directories named exactly `name` directly under each hierarchy: what
+ * cgroupDirsWithPrefix finds for one sandbox's full name, without listing every cgroup of
+ * the host (one readdir of the root, then a stat per hierarchy).
+ */
+export async function cgroupDirsNamed(name: string, root = CGROUP_ROOT): Promise<string[]> {
+  if (name === "" || name.includes("/")) throw new Error(`not a cgroup name: ${name}`);
+  if (cgroupVersion(root) === 2) {
+    const dir = path.join(root, name);
+    return existsSync(dir) ? [dir] : [];
+  }
+  let hierarchies: string[] = [];
+  try {
+    hierarchies = await readdir(root);
+  } catch {
+    return [];
+  }
+  return hierarchies.map((h) => path.join(root, h, name)).filter((dir) => existsSync(dir));
+}
+
 /** Remove an empty cgroup directory (the kernel refuses while a process is inside). */
 export async function removeCgroupDir(dir: string): Promise<boolean> {
   try {

@@ -5,6 +5,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
+import type { Readable } from "node:stream";
 import { CorralError } from "../../core/errors.js";
 import { runCommand } from "../../core/proc.js";
 
@@ -44,6 +45,9 @@ export class RuncRuntime implements Runtime {
   /** Each started container's shim (see host-listen in the supervisor), until it exits. */
   private readonly shims = new Map<string, Promise<void>>();
   private readonly shimProcesses = new Map<string, ChildProcess>();
+  private readonly shimOutputs = new Map<string, ShimOutput>();
+  /** Containers that their shim is deleting (after our stop): its runc delete's status. */
+  private readonly deleting = new Map<string, Promise<number | null>>();
 
   async start(a: {
     id: string;
@@ -51,9 +55,14 @@ export class RuncRuntime implements Runtime {
     socketPath: string;
     logPath: string;
   }): Promise<void> {
+    // Once we have stopped it, the shim deletes the container itself, the moment it is dead.
+    const deleteArgv = [...this.base(), "delete", "--force", a.id];
     const argv = [
       "host-listen",
       a.socketPath,
+      "--after-stop",
+      String(deleteArgv.length),
+      ...deleteArgv,
       "--",
       ...this.base(),
       "--log",
@@ -78,11 +87,14 @@ export class RuncRuntime implements Runtime {
       shim.once("exit", () => resolve());
       shim.once("error", () => resolve());
     });
+    const output = new ShimOutput(shim.stdout);
     this.shims.set(a.id, gone);
     this.shimProcesses.set(a.id, shim);
+    this.shimOutputs.set(a.id, output);
     void gone.then(() => {
       this.shims.delete(a.id);
       this.shimProcesses.delete(a.id);
+      this.shimOutputs.delete(a.id);
     });
     let stderr = "";
     shim.stderr.setEncoding("utf8");
@@ -90,15 +102,11 @@ export class RuncRuntime implements Runtime {
       if (stderr.length < 64 * 1024) stderr += c;
     });
     const code = await new Promise<number | Error>((resolve) => {
-      let out = "";
       const timer = setTimeout(() => {
         shim.kill("SIGKILL");
         resolve(new Error("runc did not start the sandbox within 60 s"));
       }, 60_000);
-      shim.stdout.setEncoding("utf8");
-      shim.stdout.on("data", (c: string) => {
-        out += c;
-        const m = /^runc (\d+)\n/.exec(out);
+      void output.line(/^runc (\d+)$/m).then((m) => {
         if (m) {
           clearTimeout(timer);
           resolve(Number(m[1]));
@@ -113,9 +121,10 @@ export class RuncRuntime implements Runtime {
         resolve(c ?? 128 + (sig ? (osConstants.signals[sig] ?? 0) : 0));
       });
     });
-    // The shim lives on by itself; it must not keep the process alive.
+    // The shim lives on by itself; it must not keep the process alive, nor must the pipe
+    // of its reports.
     shim.unref();
-    shim.stdout.destroy();
+    (shim.stdout as Readable & { unref(): void }).unref();
     shim.stderr.destroy();
     if (code instanceof Error) {
       throw new CorralError(
@@ -148,16 +157,33 @@ export class RuncRuntime implements Runtime {
     // Node keeps the shim unreaped until its exit event, so its pid is safe to signal.
     const shim = this.shimProcesses.get(id);
     const gone = this.shims.get(id);
-    if (shim && gone && shim.exitCode === null && shim.signalCode === null) {
+    const output = this.shimOutputs.get(id);
+    if (shim && gone && output && shim.exitCode === null && shim.signalCode === null) {
       shim.kill("SIGTERM");
-      const stopped = await within(gone, 5000);
-      if (stopped) return;
+      // "stopped": every process is reaped, and the shim goes on to delete the container.
+      const stopped = await valueWithin(output.line(/^stopped$/m), 5000);
+      if (stopped) {
+        const deleted = output.line(/^deleted (\d+)$/m).then((m) => (m ? Number(m[1]) : null));
+        this.deleting.set(id, deleted);
+        return;
+      }
+      // Its stdout ended without it (its container died by itself meanwhile): its exit.
+      if (stopped === null && (await within(gone, 5000))) return;
     }
     // A container started by another process (gc), or a shim that did not answer.
     await this.kill(id);
   }
 
   async remove(id: string): Promise<void> {
+    const deleting = this.deleting.get(id);
+    this.deleting.delete(id);
+    // Done if the shim's runc delete succeeded; otherwise (it failed, or the shim went
+    // without saying) our own delete below tells why, or finds nothing left.
+    if (deleting && (await valueWithin(deleting, 10_000)) === 0) {
+      const shim = this.shims.get(id);
+      if (shim) await within(shim, 5000);
+      return;
+    }
     const r = await runCommand([...this.base(), "delete", "--force", id]);
     if (r.code !== 0 && !/does not exist|not exist/i.test(r.stderr)) {
       throw new CorralError("runtime_failed", `runc delete ${id} failed: ${r.stderr.trim()}`);
@@ -189,6 +215,53 @@ async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
     return await Promise.race([p.then(() => true), late]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/** What `p` resolves to, if it does within `ms`; undefined otherwise. */
+async function valueWithin<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * A shim's stdout: "runc N" once runc returned; after a stop, "stopped", then "deleted N".
+ * A line is waited for until it arrives or the stream ends (then null).
+ */
+class ShimOutput {
+  private text = "";
+  private ended = false;
+  private waiters: (() => void)[] = [];
+
+  constructor(stream: Readable) {
+    stream.setEncoding("utf8");
+    stream.on("data", (c: string) => {
+      if (this.text.length < 4096) this.text += c;
+      this.wake();
+    });
+    stream.once("close", () => {
+      this.ended = true;
+      this.wake();
+    });
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  async line(re: RegExp): Promise<RegExpExecArray | null> {
+    for (;;) {
+      const m = re.exec(this.text);
+      if (m || this.ended) return m;
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
   }
 }
 
