@@ -57,6 +57,9 @@ export class TarFormatError extends Error {
 const BLOCK = 512;
 /** GNU long names, pax headers: metadata, never this large in a real archive. */
 const MAX_META_SIZE = 1024 * 1024;
+/** Global pax records, all together (they are copied into every entry). */
+const MAX_GLOBAL_PAX_KEYS = 64;
+const MAX_GLOBAL_PAX_BYTES = 64 * 1024;
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -302,8 +305,18 @@ export async function* readTar(source: AsyncIterable<Buffer | string>): AsyncGen
 
     if (typeflag === "x" || typeflag === "g") {
       const records = parsePaxRecords(await readMeta(size, "pax header"));
-      if (typeflag === "g") globalPax = { ...globalPax, ...records };
-      else pax = { ...(pax ?? {}), ...records };
+      if (typeflag === "g") {
+        globalPax = { ...globalPax, ...records };
+        // Global records apply to every later entry: a pile of them would be copied into
+        // each (a small archive that costs hours and gigabytes). Real archives hold a few.
+        const keys = Object.keys(globalPax);
+        const bytes = keys.reduce((n, k) => n + k.length + (globalPax[k]?.length ?? 0), 0);
+        if (keys.length > MAX_GLOBAL_PAX_KEYS || bytes > MAX_GLOBAL_PAX_BYTES) {
+          throw new TarFormatError(
+            `too many global pax records (${keys.length} keys, ${bytes} bytes; at most ${MAX_GLOBAL_PAX_KEYS} and ${MAX_GLOBAL_PAX_BYTES})`,
+          );
+        }
+      } else pax = { ...(pax ?? {}), ...records };
       continue;
     }
     if (typeflag === "L" || typeflag === "K") {

@@ -33,7 +33,7 @@ function octal(n: number, width: number): string {
   return `${n.toString(8).padStart(width - 1, "0")}\0`;
 }
 
-function header(
+export function header(
   name: string,
   typeflag: string,
   size: number,
@@ -58,11 +58,11 @@ function header(
   return b;
 }
 
-function pad(n: number): Buffer {
+export function pad(n: number): Buffer {
   return Buffer.alloc((512 - (n % 512)) % 512);
 }
 
-function paxRecord(key: string, value: string): string {
+export function paxRecord(key: string, value: string): string {
   const body = ` ${key}=${value}\n`;
   let len = Buffer.byteLength(body) + 1;
   while (String(len).length + Buffer.byteLength(body) !== len)

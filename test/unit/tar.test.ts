@@ -239,3 +239,34 @@ describe("parsePaxRecords", () => {
     },
   );
 });
+
+describe("global pax records", () => {
+  it("a pile of global records is refused at once, not copied into every entry", async () => {
+    const { header, pad, paxRecord } = await import("../helpers/tar-writer.js");
+    let records = "";
+    for (let i = 0; i < 100; i++) records += paxRecord(`corral.k${i}`, "v".repeat(100));
+    const data = Buffer.from(records);
+    const bomb = Buffer.concat([
+      header("GlobalHead", "g", data.length, {}),
+      data,
+      pad(data.length),
+      tarArchive([{ name: "a", data: "x" }]),
+    ]);
+    expect((await errorOf(readAll(bomb))).message).toMatch(
+      /^too many global pax records \(100 keys/,
+    );
+  });
+
+  it("a few global records apply to later entries", async () => {
+    const { header, pad, paxRecord } = await import("../helpers/tar-writer.js");
+    const data = Buffer.from(paxRecord("uid", "1234"));
+    const tar = Buffer.concat([
+      header("GlobalHead", "g", data.length, {}),
+      data,
+      pad(data.length),
+      tarArchive([{ name: "a", data: "x" }]),
+    ]);
+    const [entry] = await readAll(tar);
+    expect(entry?.header.uid).toBe(1234);
+  });
+});
