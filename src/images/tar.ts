@@ -61,7 +61,7 @@ const MAX_META_SIZE = 1024 * 1024;
 const MAX_GLOBAL_PAX_KEYS = 64;
 const MAX_GLOBAL_PAX_BYTES = 64 * 1024;
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 function text(field: Buffer, what: string): string {
   const end = field.indexOf(0);

@@ -38,7 +38,7 @@ export function isSafeRelativePath(rel: string): boolean {
   return rel.split("/").every((part) => part !== "" && part !== "." && part !== "..");
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** A name as text, or null when its bytes are not UTF-8 (it is then escaped for reports). */
 export function nameOf(bytes: Buffer): string | null {

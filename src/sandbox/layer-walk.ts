@@ -46,7 +46,7 @@ function typeOf(st: Awaited<ReturnType<typeof lstat>>): LayerEntryType {
   return "other";
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * A name as the walk records it: its text, or, when its bytes are not UTF-8, the bytes

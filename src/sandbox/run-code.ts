@@ -68,7 +68,7 @@ export interface RunResult {
   limits: Limits;
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * How many bytes at the end of `b` are the start of a UTF-8 sequence that the cap cut

@@ -10,7 +10,7 @@ export interface DecodedChunk {
   base64?: string;
 }
 
-const strict = new TextDecoder("utf-8", { fatal: true });
+const strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 export class Utf8Stream {
   private carry: Buffer = Buffer.alloc(0);

@@ -119,3 +119,19 @@ describe("hostile names and shapes in the layer", () => {
     ]);
   });
 });
+
+describe("a byte order mark is part of a name", () => {
+  it("is kept, so `\\ufeffsub` and `sub` stay two names", async () => {
+    const { nameOf } = await import("../../src/sandbox/files-out.js");
+    expect(nameOf(Buffer.from([0xef, 0xbb, 0xbf, 0x73]))).toBe("\ufeffs");
+    const upper = tmp();
+    mkdirSync(path.join(upper, "sub"));
+    mkdirSync(path.join(upper, "\ufeffsub"));
+    writeFileSync(path.join(upper, "sub/f"), "plain");
+    writeFileSync(path.join(upper, "\ufeffsub/f"), "BOM-version");
+    const out = path.join(tmp(), "out");
+    const files = await collectChangedFiles(upper, { outDir: out });
+    expect(files.map((f) => f.path).sort()).toEqual(["sub/f", "\ufeffsub/f"]);
+    expect(readFileSync(path.join(out, "sub/f"), "utf8")).toBe("plain");
+  });
+});

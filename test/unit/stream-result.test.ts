@@ -29,3 +29,14 @@ describe("streamResult", () => {
     expect(Buffer.from(whole.base64 ?? "", "base64")).toEqual(cut);
   });
 });
+
+describe("byte order marks in output", () => {
+  it("are kept: the text is byte-identical to what the program wrote", async () => {
+    const { streamResult } = await import("../../src/sandbox/run-code.js");
+    const { Utf8Stream } = await import("../../src/sandbox/utf8-stream.js");
+    const bytes = Buffer.from("\ufeffhello", "utf8");
+    expect(streamResult(bytes, bytes.length).text).toBe("\ufeffhello");
+    const s = new Utf8Stream();
+    expect(s.push(bytes).text + s.end().text).toBe("\ufeffhello");
+  });
+});
