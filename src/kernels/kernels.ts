@@ -84,7 +84,38 @@ export interface KernelDef {
 
 const SIGINT = 2;
 
+/** At most this deep, and this many objects and arrays, in one kernel frame. */
+export const MAX_JSON_DEPTH = 64;
+export const MAX_JSON_CONTAINERS = 100_000;
+
+/**
+ * Whether a frame's JSON is of a shape worth parsing: JSON.parse turns each tiny `{}` of
+ * a hostile frame into a heap object some twenty times its size, so the number and depth
+ * of containers are checked first, in one pass over the bytes. Real outputs are a few
+ * containers around long strings (base64 images, HTML); a table as JSON stays far below.
+ */
+export function jsonShapeOk(payload: Buffer): boolean {
+  let depth = 0;
+  let containers = 0;
+  let inString = false;
+  for (let i = 0; i < payload.length; i++) {
+    const c = payload[i];
+    if (inString) {
+      if (c === 0x5c)
+        i++; // a backslash escapes the next byte
+      else if (c === 0x22) inString = false;
+      continue;
+    }
+    if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > MAX_JSON_DEPTH || ++containers > MAX_JSON_CONTAINERS) return false;
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return true;
+}
+
 function parseJson(payload: Buffer): Record<string, unknown> | null {
+  if (!jsonShapeOk(payload)) return null;
   try {
     const v = JSON.parse(payload.toString("utf8")) as unknown;
     return v !== null && typeof v === "object" ? (v as Record<string, unknown>) : null;

@@ -210,12 +210,14 @@ describe("CTX_DONE", () => {
 });
 
 describe("hostile kernel frames", () => {
-  it("a deeply nested value where a string belongs is ignored, not walked", () => {
-    const deep = `{"type":"error","ename":${"[".repeat(200000)}${"]".repeat(200000)},"evalue":{"a":1},"traceback":[1,"t",[2]]}`;
-    expect(KERNELS.python.decodeEvent(Buffer.from(deep))).toEqual({
-      type: "error",
-      error: { ename: "Error", evalue: "", traceback: ["t"] },
-    });
+  it("a deeply nested frame is dropped whole; a value of the wrong type is ignored", () => {
+    const deep = `{"type":"error","ename":${"[".repeat(200000)}${"]".repeat(200000)},"evalue":"","traceback":[]}`;
+    expect(KERNELS.python.decodeEvent(Buffer.from(deep))).toBeNull();
+    expect(
+      KERNELS.python.decodeEvent(
+        Buffer.from('{"type":"error","ename":[1],"evalue":{"a":1},"traceback":[1,"t",[2]]}'),
+      ),
+    ).toEqual({ type: "error", error: { ename: "Error", evalue: "", traceback: ["t"] } });
     expect(
       KERNELS.python.decodeEvent(Buffer.from('{"type":"display","data":[1,2],"metadata":"x"}')),
     ).toEqual({ type: "display", data: {}, metadata: {} });
@@ -230,5 +232,30 @@ describe("timeouts on the wire", () => {
     expect(clampMs(0)).toBe(0);
     expect(clampMs(Number.NaN)).toBe(0);
     expect(clampMs(1e12)).toBe(0xffffffff);
+  });
+});
+
+describe("the shape of a kernel frame's JSON", () => {
+  it("is bounded in depth and in containers before it is parsed", async () => {
+    const { jsonShapeOk, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH } = await import(
+      "../../src/kernels/kernels.js"
+    );
+    expect(jsonShapeOk(Buffer.from('{"a":[1,{"b":"[[[[[[[[[["}]}'))).toBe(true);
+    expect(
+      jsonShapeOk(Buffer.from(`${"[".repeat(MAX_JSON_DEPTH)}${"]".repeat(MAX_JSON_DEPTH)}`)),
+    ).toBe(true);
+    expect(
+      jsonShapeOk(
+        Buffer.from(`${"[".repeat(MAX_JSON_DEPTH + 1)}${"]".repeat(MAX_JSON_DEPTH + 1)}`),
+      ),
+    ).toBe(false);
+    const many = `{"x":[${"{},".repeat(MAX_JSON_CONTAINERS)}{}]}`;
+    expect(jsonShapeOk(Buffer.from(many))).toBe(false);
+    // A string may hold any brackets, and escaped quotes do not end it.
+    expect(jsonShapeOk(Buffer.from(`{"s":"\\"${"{".repeat(200000)}"}`))).toBe(true);
+    const display = Buffer.from(
+      `{"type":"display","data":{"x":[${"{},".repeat(MAX_JSON_CONTAINERS)}{}]}}`,
+    );
+    expect(KERNELS.python.decodeEvent(display)).toBeNull();
   });
 });
