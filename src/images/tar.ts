@@ -60,6 +60,9 @@ const MAX_META_SIZE = 1024 * 1024;
 /** Global pax records, all together (they are copied into every entry). */
 const MAX_GLOBAL_PAX_KEYS = 64;
 const MAX_GLOBAL_PAX_BYTES = 64 * 1024;
+/** Per-entry ('x') pax records: headers before one entry, and keys they set. */
+const MAX_PAX_HEADERS_PER_ENTRY = 16;
+const MAX_ENTRY_PAX_KEYS = 256;
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
@@ -269,6 +272,7 @@ export async function* readTar(source: AsyncIterable<Buffer | string>): AsyncGen
   const src = new ByteSource(source);
   let globalPax: Record<string, string> = {};
   let pax: Record<string, string> | null = null;
+  let paxHeaders = 0;
   let longName: string | null = null;
   let longLink: string | null = null;
 
@@ -316,7 +320,24 @@ export async function* readTar(source: AsyncIterable<Buffer | string>): AsyncGen
             `too many global pax records (${keys.length} keys, ${bytes} bytes; at most ${MAX_GLOBAL_PAX_KEYS} and ${MAX_GLOBAL_PAX_BYTES})`,
           );
         }
-      } else pax = { ...(pax ?? {}), ...records };
+      } else {
+        // Several 'x' headers may precede one entry; together they are bounded like the
+        // global ones, and merged in place (a copy per header would be quadratic).
+        pax ??= {};
+        Object.assign(pax, records);
+        paxHeaders++;
+        const keys = Object.keys(pax);
+        const bytes = keys.reduce((n, k) => n + k.length + (pax?.[k]?.length ?? 0), 0);
+        if (
+          paxHeaders > MAX_PAX_HEADERS_PER_ENTRY ||
+          keys.length > MAX_ENTRY_PAX_KEYS ||
+          bytes > MAX_META_SIZE
+        ) {
+          throw new TarFormatError(
+            `too many pax records for one entry (${paxHeaders} headers, ${keys.length} keys, ${bytes} bytes)`,
+          );
+        }
+      }
       continue;
     }
     if (typeflag === "L" || typeflag === "K") {
@@ -361,6 +382,7 @@ export async function* readTar(source: AsyncIterable<Buffer | string>): AsyncGen
       pax: applied,
     };
     pax = null;
+    paxHeaders = 0;
     longName = null;
     longLink = null;
 

@@ -270,3 +270,20 @@ describe("global pax records", () => {
     expect(entry?.header.uid).toBe(1234);
   });
 });
+
+describe("per-entry pax records", () => {
+  it("many 'x' headers before one entry are refused at once", async () => {
+    const { header, pad, paxRecord } = await import("../helpers/tar-writer.js");
+    const parts: Buffer[] = [];
+    for (let h = 0; h < 40; h++) {
+      let records = "";
+      for (let i = 0; i < 10; i++) records += paxRecord(`corral.h${h}k${i}`, "v");
+      const data = Buffer.from(records);
+      parts.push(header("PaxHeader", "x", data.length, {}), data, pad(data.length));
+    }
+    const bomb = Buffer.concat([...parts, tarArchive([{ name: "a", data: "x" }])]);
+    expect((await errorOf(readAll(bomb))).message).toMatch(
+      /^too many pax records for one entry \(17 headers/,
+    );
+  });
+});
