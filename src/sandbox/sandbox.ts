@@ -258,6 +258,13 @@ export async function layOutSandbox(
   return { config, layerSource };
 }
 
+/**
+ * How long past a program's own timeout the host waits before it kills the whole sandbox:
+ * the supervisor's 5 s wait for a child that was stopped before exec (its START_TIMEOUT_MS),
+ * plus slack. Below that, code that stops its own children would get its sandbox killed.
+ */
+const BACKSTOP_GRACE_MS = 8000;
+
 export class Sandbox {
   private client: SupervisorClient | null = null;
   private stopped = false;
@@ -482,7 +489,7 @@ export class Sandbox {
           ? setTimeout(() => {
               backstopFired = true;
               void this.host.runtime.kill(this.id);
-            }, req.timeoutMs + 3000)
+            }, req.timeoutMs + BACKSTOP_GRACE_MS)
           : null;
       let exit: ExitInfo | null = null;
       try {
