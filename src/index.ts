@@ -9,7 +9,7 @@
  */
 import { type ConfigFlags, loadConfig } from "./core/config.js";
 import { CorralError } from "./core/errors.js";
-import { type LimitFlags, limitsFromFlags } from "./core/limits.js";
+import { LIMIT_FLAG_KEYS, type LimitFlags, limitsFromFlags } from "./core/limits.js";
 import type { ChangeWindow } from "./sandbox/file-changes.js";
 import { collectGarbage } from "./sandbox/gc.js";
 import { type Host, openHost } from "./sandbox/host.js";
@@ -70,21 +70,6 @@ const SANDBOX_KEYS = [
   "maxFileBytes",
   "onFileChanges",
 ];
-const LIMIT_KEYS = [
-  "mem",
-  "cpus",
-  "pids",
-  "disk",
-  "inodes",
-  "openFiles",
-  "fileSize",
-  "timeout",
-  "outputCap",
-  "ioReadBps",
-  "ioWriteBps",
-  "ioReadIops",
-  "ioWriteIops",
-];
 
 /**
  * A misspelt option must not be ignored in silence (`{ memory: "1g" }` would leave the
@@ -103,7 +88,7 @@ function checkKeys(obj: object, known: readonly string[], what: string): void {
 
 function checkLimitKeys(limits: LimitFlags | undefined): LimitFlags {
   const l = limits ?? {};
-  checkKeys(l, LIMIT_KEYS, "limits");
+  checkKeys(l, LIMIT_FLAG_KEYS, "limits");
   for (const [k, v] of Object.entries(l)) {
     if (typeof v !== "string" && typeof v !== "number") {
       throw new CorralError(

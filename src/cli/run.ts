@@ -7,7 +7,7 @@ import { readFile } from "node:fs/promises";
 import type { CorralConfig } from "../core/config.js";
 import { CorralError } from "../core/errors.js";
 import { parseLanguage, SQL_DATABASE } from "../core/languages.js";
-import { formatBytes, limitsFromFlags } from "../core/limits.js";
+import { formatBytes, LIMIT_FLAG_KEYS, type LimitFlags, limitsFromFlags } from "../core/limits.js";
 import {
   chooseRunProgram,
   imageProgramArgv,
@@ -24,7 +24,7 @@ import { type RunProgram, type RunResult, runCode } from "../sandbox/run-code.js
 import type { Sandbox } from "../sandbox/sandbox.js";
 import { EXIT_OOM, EXIT_TIMEOUT, reportError } from "./output.js";
 
-export interface RunFlags {
+export interface RunFlags extends LimitFlags {
   lang?: string;
   code?: string;
   image: string;
@@ -33,19 +33,6 @@ export interface RunFlags {
   interactive?: boolean;
   in?: string[];
   db?: string;
-  mem?: string;
-  cpus?: string;
-  pids?: string;
-  disk?: string;
-  inodes?: string;
-  openFiles?: string;
-  fileSize?: string;
-  timeout?: string;
-  outputCap?: string;
-  ioReadBps?: string;
-  ioWriteBps?: string;
-  ioReadIops?: string;
-  ioWriteIops?: string;
   out?: string;
   json?: boolean;
 }
@@ -100,21 +87,11 @@ export async function runCommandLine(
     { in: flags.in ?? [], ...(flags.db !== undefined ? { db: flags.db } : {}) },
     process.cwd(),
   );
-  const limits = limitsFromFlags({
-    ...(flags.mem !== undefined ? { mem: flags.mem } : {}),
-    ...(flags.cpus !== undefined ? { cpus: flags.cpus } : {}),
-    ...(flags.pids !== undefined ? { pids: flags.pids } : {}),
-    ...(flags.disk !== undefined ? { disk: flags.disk } : {}),
-    ...(flags.inodes !== undefined ? { inodes: flags.inodes } : {}),
-    ...(flags.openFiles !== undefined ? { openFiles: flags.openFiles } : {}),
-    ...(flags.fileSize !== undefined ? { fileSize: flags.fileSize } : {}),
-    ...(flags.timeout !== undefined ? { timeout: flags.timeout } : {}),
-    ...(flags.outputCap !== undefined ? { outputCap: flags.outputCap } : {}),
-    ...(flags.ioReadBps !== undefined ? { ioReadBps: flags.ioReadBps } : {}),
-    ...(flags.ioWriteBps !== undefined ? { ioWriteBps: flags.ioWriteBps } : {}),
-    ...(flags.ioReadIops !== undefined ? { ioReadIops: flags.ioReadIops } : {}),
-    ...(flags.ioWriteIops !== undefined ? { ioWriteIops: flags.ioWriteIops } : {}),
-  });
+  const limits = limitsFromFlags(
+    Object.fromEntries(
+      LIMIT_FLAG_KEYS.flatMap((k) => (flags[k] !== undefined ? [[k, flags[k]]] : [])),
+    ) as LimitFlags,
+  );
   const code = choice.kind === "code" ? await readCode(choice.source) : undefined;
   for (const input of hostInputs) {
     await checkHostInput(

@@ -177,22 +177,25 @@ export function parseCpus(text: string): number {
   return Number(text);
 }
 
+/** The CLI's limit flags, by the names the library takes them too. */
+export const LIMIT_FLAG_KEYS = [
+  "mem",
+  "cpus",
+  "pids",
+  "disk",
+  "inodes",
+  "openFiles",
+  "fileSize",
+  "timeout",
+  "outputCap",
+  "ioReadBps",
+  "ioWriteBps",
+  "ioReadIops",
+  "ioWriteIops",
+] as const;
+
 /** Text form of each limit as a user would type it (the CLI's flags). */
-export interface LimitFlags {
-  mem?: string;
-  cpus?: string;
-  pids?: string;
-  disk?: string;
-  inodes?: string;
-  openFiles?: string;
-  fileSize?: string;
-  timeout?: string;
-  outputCap?: string;
-  ioReadBps?: string;
-  ioWriteBps?: string;
-  ioReadIops?: string;
-  ioWriteIops?: string;
-}
+export type LimitFlags = Partial<Record<(typeof LIMIT_FLAG_KEYS)[number], string>>;
 
 /** Parse flags over the defaults and check every bound: the one entry point for limits. */
 export function limitsFromFlags(flags: LimitFlags, base: Limits = DEFAULT_LIMITS): Limits {

@@ -29,7 +29,8 @@ function invalid(message: string): CorralError {
   return new CorralError("invalid_argument", message);
 }
 
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** A variable name as a shell and execve accept it: letters, digits and _. */
+export const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /** `--env K=V` (repeatable) → the variables; the value may be empty or contain "=". */
 export function parseEnvFlags(list: readonly string[]): Record<string, string> {

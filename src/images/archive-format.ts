@@ -10,6 +10,7 @@
  * - Anything else is a root filesystem tarball (`docker export`): one layer, the archive.
  */
 import { CorralError, quoteUntrusted } from "../core/errors.js";
+import { ENV_NAME } from "../core/run-options.js";
 import { normaliseArchivePath } from "./import-policy.js";
 
 export type ArchiveFormat = "rootfs" | "docker-save" | "oci";
@@ -160,7 +161,7 @@ export function parseImageConfig(json: unknown): ImageConfigInfo {
       if (typeof item !== "string") continue;
       const eq = item.indexOf("=");
       const key = eq > 0 ? item.slice(0, eq) : "";
-      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key) || item.includes("\0")) continue;
+      if (!ENV_NAME.test(key) || item.includes("\0")) continue;
       env[key] = item.slice(eq + 1);
     }
   }

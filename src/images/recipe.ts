@@ -11,6 +11,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { CorralError } from "../core/errors.js";
 import { packageRoot } from "../core/package-root.js";
+import { ENV_NAME } from "../core/run-options.js";
 
 /** Architectures a recipe may name. Only amd64 is built and tested for now. */
 export const ARCHITECTURES = ["amd64"] as const;
@@ -22,7 +23,6 @@ const NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 // apt-get as arguments (never through a shell), but a comma would split debootstrap lists.
 const PACKAGE = /^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$/;
 const SUITE = /^[a-z][a-z0-9-]{1,40}$/;
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 const recipeSchema = z
   .object({

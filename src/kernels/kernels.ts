@@ -5,6 +5,7 @@
  */
 import { CorralError } from "../core/errors.js";
 import { SQL_DATABASE } from "../core/languages.js";
+import { ENV_NAME } from "../core/run-options.js";
 import { KERNELS_DIR_IN_SANDBOX } from "../sandbox/runtime/oci-spec.js";
 
 export const CONTEXT_LANGUAGES = ["python", "r", "shell", "sql"] as const;
@@ -240,8 +241,6 @@ const sql: KernelDef = {
 export function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
-
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 const shell: KernelDef = {
   language: "shell",

@@ -13,6 +13,7 @@ import type { Outcome } from "../audit/events.js";
 import { asCorralError, CorralError } from "../core/errors.js";
 import { parseMaxFileBytes } from "../core/files.js";
 import type { Limits } from "../core/limits.js";
+import { ENV_NAME } from "../core/run-options.js";
 import type { ImageRef } from "../core/sandbox.js";
 import { type ContextLanguage, kernelOptions, parseContextLanguage } from "../kernels/kernels.js";
 import {
@@ -129,7 +130,7 @@ export type SessionEndReason = "destroyed" | "timeout" | "idle" | "sandbox_kille
 function checkEnvs(envs: Record<string, string> | undefined, what: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(envs ?? {})) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
+    if (!ENV_NAME.test(k)) {
       throw new CorralError(
         "invalid_argument",
         `invalid environment variable name "${k}" in ${what}`,

@@ -69,11 +69,7 @@ function numberOf(t: string | null): number | null {
 }
 
 async function readNumber(file: string): Promise<number | null> {
-  const t = await readText(file);
-  if (t === null) return null;
-  if (t === "max") return Number.POSITIVE_INFINITY;
-  const n = Number(t);
-  return Number.isFinite(n) ? n : null;
+  return numberOf(await readText(file));
 }
 
 /** "key value" lines (memory.events, cpu.stat, memory.oom_control) → one key's value. */
