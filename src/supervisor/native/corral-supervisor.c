@@ -265,6 +265,58 @@ static unsigned long long boottime_ticks(void)
            (unsigned long long)ts.tv_nsec / (1000000000ull / (unsigned long long)hz);
 }
 
+/* One process as /proc/PID/stat tells it: state, parent, start time (clock ticks). */
+struct proc_stat {
+    pid_t pid, ppid;
+    char state;
+    unsigned long long start;
+};
+
+/*
+ * Read /proc/NAME/stat for a /proc entry NAME; 0 when it is a process and was read.
+ * The command name may hold spaces and parentheses: the fields resume after the last ')'.
+ */
+static int read_proc_stat(const char *name, struct proc_stat *out)
+{
+    if (name[0] < '0' || name[0] > '9')
+        return -1;
+    char path[300], buf[1024];
+    snprintf(path, sizeof path, "/proc/%s/stat", name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t len = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (len <= 0)
+        return -1;
+    buf[len] = '\0';
+    char *rp = strrchr(buf, ')');
+    if (!rp || strlen(rp) < 4)
+        return -1;
+    char *f = rp + 2; /* field 3, the state */
+    int field = 3;
+    long ppid = -1;
+    unsigned long long start = 0;
+    for (char *tok = f; tok && *tok; field++) {
+        if (field == 4)
+            ppid = strtol(tok, NULL, 10);
+        if (field == 22) {
+            start = strtoull(tok, NULL, 10);
+            break;
+        }
+        tok = strchr(tok, ' ');
+        if (tok)
+            tok++;
+    }
+    if (field != 22 || ppid < 0)
+        return -1;
+    out->pid = (pid_t)strtol(name, NULL, 10);
+    out->ppid = (pid_t)ppid;
+    out->state = *f;
+    out->start = start;
+    return 0;
+}
+
 /*
  * Kill the processes that a context's current call started: every descendant of the
  * context's keeper, other than the kernel itself, whose start time is not before the
@@ -284,46 +336,16 @@ static int sweep_call(struct proc *ctx)
     if (!d)
         return 0;
     struct dirent *e;
-    char path[300], buf[1024];
+    struct proc_stat ps;
     while ((e = readdir(d)) != NULL && n < SWEEP_MAX) {
-        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+        if (read_proc_stat(e->d_name, &ps) < 0)
             continue;
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        ssize_t len = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (len <= 0)
-            continue;
-        buf[len] = '\0';
-        /* The command name may hold spaces and parentheses: fields resume after the last ')'. */
-        char *rp = strrchr(buf, ')');
-        if (!rp)
-            continue;
-        char *f = rp + 2; /* field 3, the state */
-        int field = 3;
-        long ppid = -1;
-        unsigned long long start = 0;
-        for (char *tok = f; tok && *tok; field++) {
-            if (field == 4)
-                ppid = strtol(tok, NULL, 10);
-            if (field == 22) {
-                start = strtoull(tok, NULL, 10);
-                break;
-            }
-            tok = strchr(tok, ' ');
-            if (tok)
-                tok++;
-        }
-        if (field != 22 || ppid < 0)
-            continue;
-        pids[n] = (pid_t)strtol(e->d_name, NULL, 10);
-        ppids[n] = (pid_t)ppid;
-        starts[n] = start;
+        pids[n] = ps.pid;
+        ppids[n] = ps.ppid;
+        starts[n] = ps.start;
         /* A zombie is already dead (its parent has yet to wait for it): it links the
          * ancestry but is neither killed nor counted as a survivor. */
-        zombie[n] = (char)(*f == 'Z' || *f == 'X');
+        zombie[n] = (char)(ps.state == 'Z' || ps.state == 'X');
         n++;
     }
     closedir(d);
@@ -1428,24 +1450,9 @@ static int kill_own_children(void)
     if (!d)
         return 0;
     struct dirent *e;
-    char path[300], buf[512];
+    struct proc_stat ps;
     while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] < '0' || e->d_name[0] > '9')
-            continue;
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        ssize_t len = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (len <= 0)
-            continue;
-        buf[len] = '\0';
-        char *rp = strrchr(buf, ')');
-        if (!rp || strlen(rp) < 4)
-            continue;
-        long ppid = strtol(strchr(rp + 2, ' ') ? strchr(rp + 2, ' ') + 1 : "", NULL, 10);
-        if (ppid == self && kill((pid_t)strtol(e->d_name, NULL, 10), SIGKILL) == 0)
+        if (read_proc_stat(e->d_name, &ps) == 0 && ps.ppid == self && kill(ps.pid, SIGKILL) == 0)
             killed++;
     }
     closedir(d);
