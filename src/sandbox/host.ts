@@ -103,6 +103,8 @@ async function installSupervisor(dataDir: string): Promise<string> {
 
 /** The in-sandbox kernel drivers, by the file name they have under /.corral/kernels. */
 export const KERNEL_DRIVERS: Record<string, string> = {
+  // The pipe framing the Python and SQL drivers import (beside them on sys.path).
+  "corral_frames.py": "src/kernels/frames.py",
   "python.py": "src/kernels/python/driver.py",
   "r.R": "src/kernels/r/driver.R",
   "shell.sh": "src/kernels/shell/driver.sh",

@@ -14,68 +14,19 @@ each call. A call's deadline arrives as SIGINT (a KeyboardInterrupt in the cell)
 
 import importlib
 import io
-import json
 import os
 import signal
-import struct
 import sys
 
-REQ_FD, EVT_FD = 3, 4
-EVENT, END = 1, 2
-# An image or table larger than this is replaced by a marker: one huge output must not
-# hold the session's memory or the host's (the supervisor caps a frame at 16 MiB).
-MAX_MIME_BYTES = 8 * 1024 * 1024
+from corral_frames import END, EVENT, cap_bundle, keep_pipes_private, read_request
+from corral_frames import send as _send
 
 _INT = {signal.SIGINT}
 
 
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def send(kind, obj):
-    """One frame on the event pipe. SIGINT is held off while writing, so that a deadline
-    never leaves half a frame behind (the supervisor would then end the context)."""
-    data = json.dumps(obj, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
-    frame = struct.pack(">IB", len(data), kind) + data
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _INT)
-    try:
-        _write_all(EVT_FD, frame)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def cap_bundle(data):
-    """Drop MIME entries too large to carry; say so in text/plain."""
-    out, dropped = {}, []
-    for mime, value in data.items():
-        size = len(value) if isinstance(value, (str, bytes)) else len(json.dumps(value, default=repr))
-        if size > MAX_MIME_BYTES:
-            dropped.append(f"{mime} ({size} bytes)")
-        else:
-            out[mime] = value
-    if dropped:
-        note = f"[corral: output too large, dropped: {', '.join(dropped)}; limit {MAX_MIME_BYTES} bytes]"
-        out["text/plain"] = (out.get("text/plain", "") + "\n" + note).strip()
-    return out
-
-
-def read_exact(n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(REQ_FD, n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
-
-
-def read_request():
-    (length,) = struct.unpack(">I", read_exact(4))
-    return json.loads(read_exact(length))
+    # Objects JSON cannot hold (in metadata, say) go as their repr.
+    _send(kind, obj, default=repr)
 
 
 def make_shell():
@@ -179,10 +130,7 @@ def run(shell, request):
 
 def main():
     signal.pthread_sigmask(signal.SIG_BLOCK, _INT)
-    # The request and event pipes are the driver's alone: a program the code starts
-    # (os.system, `!cmd`) must not inherit them and forge frames or read requests.
-    os.set_inheritable(REQ_FD, False)
-    os.set_inheritable(EVT_FD, False)
+    keep_pipes_private()
     # Unbuffered text streams on the real pipes: output streams as it is written.
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", write_through=True)

@@ -31,18 +31,16 @@ connection.interrupt(): the statement ends with "interrupted", the connection li
 import base64
 import csv
 import html
-import json
 import math
 import os
 import shlex
 import signal
 import sqlite3
-import struct
 import sys
 
-REQ_FD, EVT_FD = 3, 4
-EVENT, END = 1, 2
-MAX_MIME_BYTES = 8 * 1024 * 1024
+from corral_frames import END, EVENT, cap_bundle, keep_pipes_private, read_request
+from corral_frames import send as _send
+
 # Rows fetched from one result set (all of them go into application/json) and rows shown
 # in its text/plain and text/html tables.
 FETCH_MAX_ROWS = 10_000
@@ -235,40 +233,8 @@ def result_bundle(names, types, rows, more):
 # ---- the kernel ----------------------------------------------------------------------
 
 
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def send(kind, obj):
-    data = json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
-    _write_all(EVT_FD, struct.pack(">IB", len(data), kind) + data)
-
-
-def cap_bundle(data):
-    out, dropped = {}, []
-    for mime, value in data.items():
-        size = len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str) else len(json.dumps(value))
-        if size > MAX_MIME_BYTES:
-            dropped.append(f"{mime} ({size} bytes)")
-        else:
-            out[mime] = value
-    if dropped:
-        note = f"[corral: output too large, dropped: {', '.join(dropped)}; limit {MAX_MIME_BYTES} bytes]"
-        out["text/plain"] = (out.get("text/plain", "") + "\n" + note).strip()
-    return out
-
-
-def read_exact(n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(REQ_FD, n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
+    _send(kind, obj, allow_nan=False)
 
 
 class Interrupted(Exception):
@@ -549,10 +515,7 @@ class Kernel:
 
 
 def main():
-    # The request and event pipes are the driver's alone: a program the code starts
-    # (os.system, `!cmd`) must not inherit them and forge frames or read requests.
-    os.set_inheritable(REQ_FD, False)
-    os.set_inheritable(EVT_FD, False)
+    keep_pipes_private()
     signal.pthread_sigmask(signal.SIG_BLOCK, _INT)
     sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
@@ -561,8 +524,7 @@ def main():
     send(EVENT, {"type": "ready", "pid": os.getpid()})
     while True:
         try:
-            (length,) = struct.unpack(">I", read_exact(4))
-            request = json.loads(read_exact(length))
+            request = read_request()
         except EOFError:
             return
         kernel.run(request)
