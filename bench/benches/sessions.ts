@@ -23,18 +23,25 @@ import { WarmPool } from "../../src/sandbox/warm-pool.js";
 import type { Figure } from "../lib/figures.js";
 import type { Bench, BenchContext } from "../lib/registry.js";
 
-const JUPYTER_SETUP = `
-import time, jupyter_client
-km, kc = jupyter_client.manager.start_new_kernel(kernel_name="python3")
-def sample():
-    t = time.perf_counter()
-    msg_id = kc.execute("print(1)")
+/** The raw baseline's one execution: execute, then wait for idle and the reply. */
+const JUPYTER_EXECUTE = `
+def execute(kc, code, timeout):
+    msg_id = kc.execute(code)
     while True:
-        m = kc.get_iopub_msg(timeout=10)
+        m = kc.get_iopub_msg(timeout=timeout)
         if (m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
                 and m["content"]["execution_state"] == "idle"):
             break
-    kc.get_shell_msg(timeout=10)
+    kc.get_shell_msg(timeout=timeout)
+`;
+
+const JUPYTER_SETUP = `
+import time, jupyter_client
+km, kc = jupyter_client.manager.start_new_kernel(kernel_name="python3")
+${JUPYTER_EXECUTE}
+def sample():
+    t = time.perf_counter()
+    execute(kc, "print(1)", 10)
     return (time.perf_counter() - t) * 1000
 for _ in range(20): sample()
 `;
@@ -210,44 +217,49 @@ function chargedKiB(s: Session): number {
     cg.version === 2
       ? readNumber(`/sys/fs/cgroup${cg.cgroupsPath}/memory.current`)
       : readNumber(`/sys/fs/cgroup/memory${cg.cgroupsPath}/memory.usage_in_bytes`);
-  const shim = shimOf(s);
-  return usage / 1024 + (shim?.rssKiB ?? 0);
+  return usage / 1024 + (sandboxProcesses(s).shim?.rssKiB ?? 0);
 }
 
-/** The sandbox's shim: the host process whose child is the container's init. */
-function shimOf(s: Session): { pid: number; rssKiB: number } | null {
-  const name = s.sandbox.cgroup.cgroupsPath;
-  for (const pid of readdirSafe("/proc")) {
-    try {
-      if (!readFileSync(`/proc/${pid}/cgroup`, "utf8").includes(name)) continue;
-      const ppid = Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
-      const st = readFileSync(`/proc/${ppid}/status`, "utf8");
-      if (readFileSync(`/proc/${ppid}/cgroup`, "utf8").includes(name)) continue;
-      return { pid: ppid, rssKiB: Number(/^VmRSS:\s+(\d+) kB/m.exec(st)?.[1] ?? 0) };
-    } catch {
-      // gone
-    }
+interface HostProcess {
+  pid: number;
+  ppid: number;
+  name: string;
+  rssKiB: number;
+  inSandbox: boolean;
+}
+
+function hostProcess(pid: number, cgroupsPath: string): HostProcess | null {
+  try {
+    const st = readFileSync(`/proc/${pid}/status`, "utf8");
+    return {
+      pid,
+      ppid: Number(/^PPid:\s+(\d+)/m.exec(st)?.[1]),
+      name: /^Name:\s+(.*)$/m.exec(st)?.[1] ?? "?",
+      rssKiB: Number(/^VmRSS:\s+(\d+) kB/m.exec(st)?.[1] ?? 0),
+      inSandbox: readFileSync(`/proc/${pid}/cgroup`, "utf8").includes(cgroupsPath),
+    };
+  } catch {
+    return null; // gone
   }
-  return null;
 }
 
-/** The host processes that belong to one sandbox (its cgroup, and its shim), with their RSS. */
+/**
+ * The host processes one sandbox costs: those in its cgroup, and its shim (the process
+ * outside the cgroup whose child is the container's init).
+ */
+function sandboxProcesses(s: Session): { inside: HostProcess[]; shim: HostProcess | null } {
+  const cgroupsPath = s.sandbox.cgroup.cgroupsPath;
+  const inside = readdirSafe("/proc")
+    .map((pid) => hostProcess(Number(pid), cgroupsPath))
+    .filter((p): p is HostProcess => p?.inSandbox === true);
+  const parents = inside.map((p) => hostProcess(p.ppid, cgroupsPath));
+  const shim = parents.find((p): p is HostProcess => p !== null && !p.inSandbox) ?? null;
+  return { inside, shim };
+}
+
 function describeProcesses(s: Session): string {
-  const name = s.sandbox.cgroup.cgroupsPath;
-  const procs: string[] = [];
-  for (const pid of readdirSafe("/proc")) {
-    try {
-      const cg = readFileSync(`/proc/${pid}/cgroup`, "utf8");
-      if (!cg.includes(name)) continue;
-      const st = readFileSync(`/proc/${pid}/status`, "utf8");
-      const comm = /^Name:\s+(.*)$/m.exec(st)?.[1];
-      const rss = /^VmRSS:\s+(\d+) kB/m.exec(st)?.[1];
-      procs.push(`${comm} in the sandbox (${rss ?? "?"} KiB RSS)`);
-    } catch {
-      // gone
-    }
-  }
-  const shim = shimOf(s);
+  const { inside, shim } = sandboxProcesses(s);
+  const procs = inside.map((p) => `${p.name} in the sandbox (${p.rssKiB} KiB RSS)`);
   if (shim) procs.push(`its shim on the host (pid ${shim.pid}, ${shim.rssKiB} KiB RSS)`);
   return procs.join(", ") || "none found";
 }
@@ -271,15 +283,10 @@ export const throughputBench: Bench = {
 import threading, time, jupyter_client
 kernels = [jupyter_client.manager.start_new_kernel(kernel_name="python3") for _ in range(${CALLERS})]
 counts = [0] * ${CALLERS}
+${JUPYTER_EXECUTE}
 def drive(i, kc, until):
     while time.monotonic() < until:
-        msg_id = kc.execute("print(1)")
-        while True:
-            m = kc.get_iopub_msg(timeout=30)
-            if (m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
-                    and m["content"]["execution_state"] == "idle"):
-                break
-        kc.get_shell_msg(timeout=30)
+        execute(kc, "print(1)", 30)
         counts[i] += 1
 until = time.monotonic() + ${seconds}
 threads = [threading.Thread(target=drive, args=(i, kc, until)) for i, (km, kc) in enumerate(kernels)]
