@@ -37,7 +37,7 @@ import {
 } from "./runtime/cgroups.js";
 import { type LayerSource, mountLayer, unmountLayer } from "./runtime/layer.js";
 import { mountsUnder } from "./runtime/mounts.js";
-import { buildOciSpec, type OciConfig, SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
+import { buildOciSpec, type OciConfig } from "./runtime/oci-spec.js";
 import { decideSelfCheck, NAMESPACES, type SelfCheckDecision } from "./self-check.js";
 
 export function newSandboxId(): string {
@@ -457,8 +457,7 @@ export class Sandbox {
    */
   start(req: ExecRequest & { stdinPipe?: boolean }): RunningProcess {
     const client = this.requireClient();
-    // The supervisor's own binary (the workdir check) is not user code.
-    if (req.argv[0] !== SUPERVISOR_PATH_IN_SANDBOX) this.userCodeStarted = true;
+    this.userCodeStarted = true;
     const stdout = new CappedOutput(req.outputCapBytes);
     const stderr = new CappedOutput(req.outputCapBytes);
     const before = this.cgroup.usageNow();

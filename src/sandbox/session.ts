@@ -33,9 +33,7 @@ import {
 import { type ChangeWindow, FileChangeTracker } from "./file-changes.js";
 import { SessionFiles } from "./files.js";
 import type { Host } from "./host.js";
-import { SUPERVISOR_PATH_IN_SANDBOX } from "./runtime/oci-spec.js";
 import { Sandbox } from "./sandbox.js";
-import { type DecodedChunk, Utf8Stream } from "./utf8-stream.js";
 
 export const DEFAULT_IDLE_TTL_MS = 300_000;
 export const DEFAULT_CALL_TIMEOUT_MS = 60_000;
@@ -315,20 +313,16 @@ export class Session {
     this.touch();
   }
 
-  /** The workdir must exist: a chdir into it by the static supervisor binary tells. */
+  /** The workdir must exist: the supervisor stats it, confined to the sandbox's root. */
   private async checkWorkdir(workdir: string): Promise<void> {
-    const out = await this.sandbox
-      .exec({
-        argv: [SUPERVISOR_PATH_IN_SANDBOX, "--version"],
-        cwd: workdir,
-        timeoutMs: 10_000,
-        outputCapBytes: 4096,
-      })
+    const st = await this.sandbox
+      .fileClient()
+      .fileStat(workdir, true)
       .catch((err: unknown) => asCorralError(err));
-    if (out instanceof CorralError) {
+    if (st instanceof CorralError || st.type !== "dir") {
       throw new CorralError(
         "invalid_argument",
-        `workdir ${workdir} does not exist in the image (${out.message.replace(/^chdir [^:]*: /, "")})`,
+        `workdir ${workdir} does not exist in the image (${st instanceof CorralError ? st.message : `a ${st.type}, not a directory`})`,
         "create it in the image, or choose another workdir",
       );
     }
