@@ -131,7 +131,9 @@ describe("isolation", () => {
     const hostSleeper = spawn("sleep", ["60"], { stdio: "ignore" });
     try {
       const r = await sh(
-        "ps -e --no-headers | wc -l; sleep 30 & kill -9 -1; echo still here; ps -e --no-headers -o comm | sort | tr '\\n' ' '",
+        // sort and tr are exec'd while the group sleeps, and ps replaces the group's
+        // subshell: ps cannot catch a pipeline stage still forked but not yet exec'd.
+        "ps -e --no-headers | wc -l; sleep 30 & kill -9 -1; echo still here; { sleep 0.3; exec ps -e --no-headers -o comm; } | sort | tr '\\n' ' '",
       );
       const [count, still, after] = r.stdout.text.split("\n");
       // supervisor, bash, ps, wc: nothing of the host
