@@ -25,6 +25,7 @@ import { cgroupVersion, swapAccounting } from "./runtime/cgroups.js";
 import { LayerMounter } from "./runtime/layer.js";
 import { LayerPool } from "./runtime/layer-pool.js";
 import { RuncRuntime, type Runtime } from "./runtime/runc.js";
+import { cgroupNameFor } from "./sandbox.js";
 
 export interface Host {
   config: CorralConfig;
@@ -198,7 +199,9 @@ export async function openHost(config: CorralConfig): Promise<Host> {
     tag: dataTag(config.dataDir),
     layerMounter,
     events: new EventLog(db),
-    runtime: new RuncRuntime(config.runtime, runcRoot, supervisor),
+    runtime: new RuncRuntime(config.runtime, runcRoot, supervisor, (id) =>
+      cgroupNameFor(dataTag(config.dataDir), id),
+    ),
     supervisor,
     kernels,
     swapAccounting: swapAccounting(cgroupVersion()),

@@ -2,14 +2,17 @@
  * Tearing a sandbox down: stop goes through the sandbox's own shim (SIGTERM: it SIGKILLs
  * the container's init, the PID namespace dies with it, the shim reaps everything), so
  * it is quick and leaves no process; the fallback (runc kill, 5 s later) is not needed.
- * After a stop the shim also deletes the container itself; a container that dies by
- * itself is left for the host to read (its cgroup's OOM counter) and delete at destroy.
+ * Once the shim has reaped a container, removing it needs no runc process (its state
+ * and cgroups go directly); a container that dies by itself is left for the host to read
+ * (its cgroup's OOM counter) and delete at destroy.
  */
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_LIMITS } from "../../src/core/limits.js";
 import { cgroupDirsWithPrefix } from "../../src/sandbox/runtime/cgroups.js";
 import { loopDevicesUnder, mountsUnder } from "../../src/sandbox/runtime/mounts.js";
+import { RuncRuntime } from "../../src/sandbox/runtime/runc.js";
 import { cgroupNameFor, Sandbox } from "../../src/sandbox/sandbox.js";
 import { processesInSandboxRange } from "../helpers/leaks.js";
 import { type TestEnv, testEnv } from "../helpers/sandbox.js";
@@ -51,24 +54,37 @@ describe("stop and destroy", () => {
     expect(processesInSandboxRange([env.host.tag])).toEqual([]);
   });
 
-  it("after a stop the shim deletes the container at once, with no runc process of ours", async () => {
-    const sandbox = await Sandbox.create(env.host, {
-      image: env.image,
-      limits: { ...DEFAULT_LIMITS },
-    });
-    const listed = async () => (await env.host.runtime.list()).some((c) => c.id === sandbox.id);
+  it("after a stop, removal deletes the container without starting runc", async () => {
+    // The runtime is runc behind a wrapper that logs each command: real runc, counted.
+    const dir = mkdtempSync(path.join(env.config.dataDir, "wrap-"));
+    const log = path.join(dir, "calls");
+    const wrapper = path.join(dir, "runc");
+    writeFileSync(
+      wrapper,
+      `#!/bin/sh\nfor a in "$@"; do case "$a" in run|delete|kill) echo "$a" >> ${log};; esac; done\nexec ${env.host.config.runtime} "$@"\n`,
+      { mode: 0o755 },
+    );
+    const runtime = new RuncRuntime(
+      wrapper,
+      (env.host.runtime as RuncRuntime).stateRoot,
+      env.host.supervisor,
+      (id) => cgroupNameFor(env.host.tag, id),
+    );
+    const host = { ...env.host, runtime };
+    const sandbox = await Sandbox.create(host, { image: env.image, limits: { ...DEFAULT_LIMITS } });
+    const cgroup = cgroupNameFor(env.host.tag, sandbox.id);
     try {
-      expect(await listed()).toBe(true);
-      // The runtime's stop alone (Sandbox.stop would also start a removal of its own).
-      await env.host.runtime.stop(sandbox.id);
-      // Deleted with nothing else asked of runc: the shim's runc delete.
-      const deadline = Date.now() + 5000;
-      while ((await listed()) && Date.now() < deadline) await sleep(20);
-      expect(await listed()).toBe(false);
+      expect((await runtime.list()).some((c) => c.id === sandbox.id)).toBe(true);
+      expect((await cgroupDirsWithPrefix(cgroup)).length).toBeGreaterThan(0);
     } finally {
       await sandbox.destroy();
     }
-    expect(await cgroupDirsWithPrefix(cgroupNameFor(env.host.tag, sandbox.id))).toEqual([]);
+    // runc no longer knows it, its cgroups are gone, and runc ran once: to start it.
+    expect((await runtime.list()).some((c) => c.id === sandbox.id)).toBe(false);
+    expect(await cgroupDirsWithPrefix(cgroup)).toEqual([]);
+    expect(readFileSync(log, "utf8").split("\n").filter(Boolean)).toEqual(["run"]);
+    expect(processesInSandboxRange([env.host.tag])).toEqual([]);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it("a container that dies by itself is kept (its cgroup readable) until destroy", async () => {

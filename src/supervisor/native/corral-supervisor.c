@@ -15,10 +15,10 @@
  *   - reaping and timeouts make progress even while a write to the host blocks.
  *
  * Second mode, used on the host only:
- *   corral-supervisor host-listen SOCKET_PATH [--after-stop N CMD...] -- PROGRAM ARGS...
+ *   corral-supervisor host-listen SOCKET_PATH -- PROGRAM ARGS...
  * binds the socket, runs PROGRAM (runc) with it at fd 3, and stays behind as the
- * sandbox's shim: a subreaper that reaps the container's init and, once the host has
- * stopped it, runs CMD (runc delete) at once (see host_listen).
+ * sandbox's shim: a subreaper that reaps the container's init, and exits once nothing
+ * of the sandbox is left (see host_listen).
  * Third and fourth, on the host only: layer-up and layer-down mount and unmount a
  * sandbox's root as the host planned it (layer-ops.c).
  *
@@ -2889,18 +2889,14 @@ static int run_supervisor(void)
  * runc has returned is the container's init alone (PID 1 of the sandbox's PID namespace,
  * so the kernel then kills everything else in it). Our children cannot be reaped by
  * anyone else, so their pids are safe to signal; the caller only has to wait for us to
- * exit, and `runc delete` then finds a stopped container instead of polling a running
- * one. Done in the handler itself, with async-signal-safe calls only (open, read, kill),
+ * exit, and then has a stopped container to delete instead of a running one to poll.
+ * Done in the handler itself, with async-signal-safe calls only (open, read, kill),
  * so a signal that lands just before wait() cannot be missed.
  */
-/* Set by shim_on_term: the sandbox was stopped on the host's request. */
-static volatile sig_atomic_t shim_stopping;
-
 static void shim_on_term(int sig)
 {
     (void)sig;
     int saved = errno;
-    shim_stopping = 1;
     char path[64] = "/proc/self/task/";
     size_t n = strlen(path);
     char digits[16];
@@ -2942,33 +2938,15 @@ static void shim_on_term(int sig)
  * it dies, whatever the host's PID 1 does with orphans, and the caller (our parent)
  * learns that the sandbox is fully gone when we exit.
  *
- * With `--after-stop N CMD...` (N words), a stop that the caller asked for (SIGTERM)
- * goes on: once everything is reaped we report "stopped" on stdout, which then stays
- * open, run CMD (runc delete: the container's own bookkeeping), report "deleted N" with
- * its exit status, and exit. So the container is deleted the moment it is dead, by a
- * process already there, while the caller goes on (collecting files, unmounting). A
- * container that dies by itself is left for the caller to inspect and delete.
+ * A stop (SIGTERM, see shim_on_term) ends the same way: we exit once everything is
+ * reaped, so our exit tells the caller that no process of the sandbox is left, and the
+ * caller then removes the container's bookkeeping (runc's state, its cgroups).
  */
 static int host_listen(int argc, char **argv)
 {
     int at = 3;
-    char **after = NULL;
-    if (argc > 4 && strcmp(argv[3], "--after-stop") == 0) {
-        char *end = NULL;
-        long n = strtol(argv[4], &end, 10);
-        if (*end != '\0' || n < 1 || n > 64 || 5 + n >= argc) {
-            fprintf(stderr, "corral-supervisor: --after-stop N: N words must follow\n");
-            return 2;
-        }
-        after = calloc((size_t)n + 1, sizeof *after);
-        if (!after)
-            return 1;
-        memcpy(after, argv + 5, (size_t)n * sizeof *after);
-        at = 5 + (int)n;
-    }
     if (argc < at + 2 || strcmp(argv[at], "--") != 0) {
-        fprintf(stderr, "usage: corral-supervisor host-listen SOCKET_PATH [--after-stop N CMD...] -- "
-                        "PROGRAM [ARGS...]\n");
+        fprintf(stderr, "usage: corral-supervisor host-listen SOCKET_PATH -- PROGRAM [ARGS...]\n");
         return 2;
     }
     char **program = argv + at + 1;
@@ -3070,13 +3048,11 @@ static int host_listen(int argc, char **argv)
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     printf("runc %d\n", code);
     fflush(stdout);
-    /* Our stdio belongs to the caller: release it, so its pipes see end of file (but
-     * stdout, with --after-stop: it reports the stop and the deletion). */
+    /* Our stdio belongs to the caller: release it, so its pipes see end of file. */
     int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (nul >= 0) {
         dup2(nul, STDIN_FILENO);
-        if (!after || code != 0)
-            dup2(nul, STDOUT_FILENO);
+        dup2(nul, STDOUT_FILENO);
         dup2(nul, STDERR_FILENO);
         close(nul);
     }
@@ -3091,36 +3067,6 @@ static int host_listen(int argc, char **argv)
         pid_t pid = wait(NULL);
         if (pid < 0 && errno == ECHILD)
             break;
-    }
-    if (!after || code != 0 || !shim_stopping)
-        return code;
-    /* Another SIGTERM must not kill the deletion (shim_on_term kills our children). */
-    sigprocmask(SIG_BLOCK, &term, NULL);
-    static const char stopped[] = "stopped\n";
-    if (write(STDOUT_FILENO, stopped, sizeof stopped - 1) < 0) {
-        /* the caller is gone: delete anyway */
-    }
-    pid_t del = fork();
-    if (del == 0) {
-        signal(SIGPIPE, SIG_DFL);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGHUP, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        sigprocmask(SIG_UNBLOCK, &term, NULL);
-        int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (null_fd >= 0)
-            dup2(null_fd, STDOUT_FILENO);
-        execvp(after[0], after);
-        _exit(127);
-    }
-    int dstatus = 127 << 8;
-    while (del > 0 && waitpid(del, &dstatus, 0) < 0 && errno == EINTR) {
-    }
-    int dcode = del < 0 ? 127 : WIFEXITED(dstatus) ? WEXITSTATUS(dstatus) : 128 + WTERMSIG(dstatus);
-    char line[32];
-    int len = snprintf(line, sizeof line, "deleted %d\n", dcode);
-    if (write(STDOUT_FILENO, line, (size_t)len) < 0) {
-        /* the caller is gone */
     }
     return code;
 }
@@ -3138,7 +3084,7 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "layer-serve") == 0)
         return layer_serve(argc, argv);
     if (argc != 1) {
-        fprintf(stderr, "usage: corral-supervisor [--version | host-listen SOCKET_PATH [--after-stop N CMD...] -- PROGRAM ARGS...\n"
+        fprintf(stderr, "usage: corral-supervisor [--version | host-listen SOCKET_PATH -- PROGRAM ARGS...\n"
                         "                          | layer-up|layer-down WITHIN STEP... | layer-serve ROOT]\n"
                         "(without arguments: serve the listening socket at fd 3)\n");
         return 2;
