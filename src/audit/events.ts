@@ -75,6 +75,8 @@ export class EventLog {
   private readonly head;
   private readonly insert;
   private readonly append;
+  /** Events recorded by `defer`, committed with the next emit or flush. */
+  private pending: { input: EventInput; time: string }[] = [];
 
   constructor(readonly db: Db) {
     this.head = db.prepare<[], { seq: number; hash: string }>(
@@ -86,18 +88,48 @@ export class EventLog {
     );
     // BEGIN IMMEDIATE: read the chain head and append under one write lock, so two
     // processes appending at once can never fork the chain.
-    this.append = db.transaction((input: EventInput): StoredEvent => {
-      const last = this.head.get();
-      const prevHash = last?.hash ?? GENESIS_HASH;
-      const partial = { ...input, seq: (last?.seq ?? 0) + 1, time: new Date().toISOString() };
-      const event: StoredEvent = { ...partial, prevHash, hash: eventHash(prevHash, partial) };
-      this.insert.run({ ...event, details: canonicalJson(event.details) });
-      return event;
-    });
+    this.append = db.transaction(
+      (batch: readonly { input: EventInput; time: string }[]): StoredEvent[] => {
+        const last = this.head.get();
+        let prevHash = last?.hash ?? GENESIS_HASH;
+        let seq = last?.seq ?? 0;
+        const stored: StoredEvent[] = [];
+        for (const { input, time } of batch) {
+          const partial = { ...input, seq: ++seq, time };
+          const event: StoredEvent = { ...partial, prevHash, hash: eventHash(prevHash, partial) };
+          this.insert.run({ ...event, details: canonicalJson(event.details) });
+          stored.push(event);
+          prevHash = event.hash;
+        }
+        return stored;
+      },
+    );
   }
 
+  /** Append an event (and any deferred before it), durably: one transaction, one fsync. */
   emit(input: EventInput): StoredEvent {
-    return this.append.immediate(input);
+    const batch = [...this.pending, { input, time: new Date().toISOString() }];
+    const stored = this.append.immediate(batch);
+    this.pending = []; // only once committed: a failed commit keeps them for the next
+    return stored.at(-1)!;
+  }
+
+  /**
+   * Record an event now, to be committed with the next emit (or flush) in the same
+   * transaction: an event that is always followed within milliseconds by another (a
+   * self-check by its create, a one-shot run by its sandbox's destroy) then costs no
+   * fsync of its own. The caller must emit or flush before it answers anyone, so that
+   * no one ever sees an outcome whose record is not yet durable.
+   */
+  defer(input: EventInput): void {
+    this.pending.push({ input, time: new Date().toISOString() });
+  }
+
+  /** Commit the deferred events, if any. */
+  flush(): void {
+    if (this.pending.length === 0) return;
+    this.append.immediate(this.pending);
+    this.pending = [];
   }
 
   /**

@@ -194,11 +194,12 @@ export async function openHost(config: CorralConfig): Promise<Host> {
         )
       : null;
   const layerMounter = new LayerMounter(supervisor, await symlinkedDirs(config), sandboxesDir);
+  const events = new EventLog(db);
   return {
     config,
     tag: dataTag(config.dataDir),
     layerMounter,
-    events: new EventLog(db),
+    events,
     runtime: new RuncRuntime(config.runtime, runcRoot, supervisor, (id) =>
       cgroupNameFor(dataTag(config.dataDir), id),
     ),
@@ -210,6 +211,7 @@ export async function openHost(config: CorralConfig): Promise<Host> {
     close: () => {
       layerPool?.close();
       layerMounter.close();
+      events.flush();
       db.close();
     },
   };

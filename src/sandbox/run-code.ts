@@ -189,7 +189,9 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
       files,
       limits: req.limits,
     };
-    host.events.emit({
+    // Committed with the sandbox.destroy event, which the finally below always records
+    // before the result goes back to the caller.
+    host.events.defer({
       principal: host.config.principal,
       sandbox: sandbox.id,
       kind: "exec",

@@ -65,6 +65,34 @@ describe("events", () => {
     expect(log.list({ limit: 2 }).map((e) => e.seq)).toEqual([49, 50]);
   });
 
+  it("commits deferred events with the next emit, in order, each its own link", () => {
+    const { log, file } = freshLog();
+    const ev = (kind: EventKind, n: number) => ({
+      principal: "local:0",
+      sandbox: "sb-1",
+      kind,
+      details: { n },
+      outcome: "ok" as const,
+    });
+    log.defer(ev("sandbox.self_check", 1));
+    // Not written yet: another connection to the file sees nothing.
+    const reader = new EventLog(openDb(file));
+    expect(reader.list()).toEqual([]);
+    const created = log.emit(ev("sandbox.create", 2));
+    expect(created.seq).toBe(2);
+    expect(reader.list().map((e) => [e.seq, e.kind, e.details.n])).toEqual([
+      [1, "sandbox.self_check", 1],
+      [2, "sandbox.create", 2],
+    ]);
+    // flush commits what is deferred; with nothing deferred it writes nothing.
+    log.defer(ev("exec", 3));
+    log.flush();
+    log.flush();
+    expect(reader.list().map((e) => e.seq)).toEqual([1, 2, 3]);
+    expect(reader.verifyChain()).toEqual({ intact: true, events: 3, head: reader.list()[2]!.hash });
+    reader.db.close();
+  });
+
   it("lists by sandbox, by kind or family of kinds, and the last N of those", () => {
     const { log } = freshLog();
     const add = (sandbox: string | null, kind: EventKind) =>
