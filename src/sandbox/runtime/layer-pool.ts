@@ -18,13 +18,18 @@
  * - Entry names carry a format version and the shape; entries of another version or of a
  *   shape no longer pooled are stale, and gc removes them. Files not named like entries
  *   are not the pool's and are left alone.
+ * - A destroyed sandbox's layer file is handed back (`discard`), never reused: renamed to
+ *   a `.spent-` name here at once and deleted in the background, because freeing the
+ *   blocks of a layer that was written to takes milliseconds that the destroy need not
+ *   wait for. The process that discarded it deletes it; one that exits first deletes it
+ *   at close; one that died leaves it to gc.
  */
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { rmSync } from "node:fs";
+import { readdirSync, renameSync, rmSync } from "node:fs";
 import { mkdir, open, readdir, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import { acquireLock } from "../../core/lock.js";
+import { Formatter } from "./formatter.js";
 import { ext4FormatArgv } from "./layer.js";
 
 export interface LayerShape {
@@ -38,11 +43,13 @@ export const POOL_FORMAT = "v1";
 export type PoolFile =
   | { kind: "ready"; name: string; shape: LayerShape }
   | { kind: "making"; name: string }
+  | { kind: "spent"; name: string }
   | { kind: "stale"; name: string; why: string }
   | { kind: "foreign"; name: string };
 
 const ENTRY = /^(v\d+)-(\d+)-(\d+)-[0-9a-f]{12}\.img$/;
 const MAKING = /^\.making-v\d+-\d+-\d+-[0-9a-f]{12}\.img$/;
+const SPENT = /^\.spent-[0-9a-f]{12}\.img$/;
 
 export function poolEntryName(shape: LayerShape, token: string): string {
   return `${POOL_FORMAT}-${shape.diskBytes}-${shape.inodes}-${token}.img`;
@@ -55,6 +62,7 @@ export function sameShape(a: LayerShape, b: LayerShape): boolean {
 /** What a file in the pool directory is, given the shapes this instance pools. */
 export function classifyPoolFile(name: string, shapes: readonly LayerShape[]): PoolFile {
   if (MAKING.test(name)) return { kind: "making", name };
+  if (SPENT.test(name)) return { kind: "spent", name };
   const m = ENTRY.exec(name);
   if (!m) return { kind: "foreign", name };
   if (m[1] !== POOL_FORMAT) return { kind: "stale", name, why: `format ${m[1]}` };
@@ -104,9 +112,11 @@ export async function claimPoolEntry(
   shape: LayerShape,
   target: string,
 ): Promise<string | null> {
+  // Synchronous: a small directory's listing and a rename take microseconds, less than
+  // the thread-pool round trips, and a create waits on them.
   let names: string[];
   try {
-    names = await readdir(dir);
+    names = readdirSync(dir);
   } catch {
     return null;
   }
@@ -119,7 +129,7 @@ export async function claimPoolEntry(
   for (let i = 0; i < candidates.length; i++) {
     const name = candidates[(start + i) % candidates.length]!;
     try {
-      await rename(path.join(dir, name), target);
+      renameSync(path.join(dir, name), target);
       return name;
     } catch {
       // taken by another process meanwhile (ENOENT): try the next
@@ -153,6 +163,10 @@ export class LayerPool {
   private stopped = false;
   /** Listeners told when an entry is made (tests and the bench wait on them). */
   private readonly onMade = new Set<() => void>();
+  /** Discarded layer files not yet deleted, and the deletions under way (one at a time). */
+  private readonly spent = new Set<string>();
+  private deleting: Promise<void> = Promise.resolve();
+  private readonly formatter = new Formatter();
 
   constructor(
     readonly dir: string,
@@ -193,6 +207,27 @@ export class LayerPool {
     else this.stats.missed++;
     this.startFilling();
     return claimed !== null;
+  }
+
+  /**
+   * Take a destroyed sandbox's layer file (detached, unmounted) off its hands: it is out
+   * of the sandbox's directory when this returns, and deleted soon after. Never throws; a
+   * file that cannot be moved here is deleted in place.
+   */
+  discard(file: string): void {
+    const spent = path.join(this.dir, `.spent-${randomBytes(6).toString("hex")}.img`);
+    try {
+      renameSync(file, spent);
+    } catch {
+      // No pool directory yet, or the file is gone: delete whatever is there.
+      rmSync(file, { force: true });
+      return;
+    }
+    this.spent.add(spent);
+    this.deleting = this.deleting.then(async () => {
+      await rm(spent, { force: true }).catch(() => undefined);
+      this.spent.delete(spent);
+    });
   }
 
   /** Refill in the background (at most one fill loop per process); never throws. */
@@ -244,6 +279,7 @@ export class LayerPool {
   async settle(timeoutMs = 250): Promise<void> {
     this.stopped = true;
     const idle = (async () => {
+      await this.deleting;
       await this.inFlight?.done;
       await this.filling;
     })();
@@ -257,11 +293,15 @@ export class LayerPool {
   }
 
   /**
-   * Stop now: abort the entry being made and remove its partial file, synchronously, so
-   * that a process exiting right after close() leaves nothing half-made behind.
+   * Stop now: abort the entry being made and remove its partial file, and delete the
+   * discarded files still waiting, synchronously, so that a process exiting right after
+   * close() leaves nothing of its own behind.
    */
   close(): void {
     this.stopped = true;
+    this.formatter.close();
+    for (const file of this.spent) rmSync(file, { force: true });
+    this.spent.clear();
     const flight = this.inFlight;
     if (flight) {
       flight.abort.abort();
@@ -303,8 +343,9 @@ export class LayerPool {
       const fh = await open(partial, "wx", 0o600);
       await fh.truncate(shape.diskBytes);
       await fh.close();
-      // Low CPU priority: filling must not slow the creates it is meant to speed up.
-      await execQuiet(["nice", "-n", "10", ...ext4FormatArgv(partial, shape.inodes)], abort.signal);
+      // By the resident shell, at low CPU priority: filling must not slow the creates it
+      // is meant to speed up (see formatter.ts).
+      await this.formatter.run(ext4FormatArgv(partial, shape.inodes), abort.signal);
       if (abort.signal.aborted) throw new Error("aborted");
       await rename(partial, path.join(this.dir, name));
       this.stats.made++;
@@ -319,8 +360,9 @@ export class LayerPool {
   }
 
   /**
-   * For gc: remove stale entries, a dead filler's partial files (only when no live
-   * process is filling) and, with `drain`, every ready entry too.
+   * For gc: remove stale entries, discarded files (a live process deleting one as well
+   * does no harm), a dead filler's partial files (only when no live process is filling)
+   * and, with `drain`, every ready entry too.
    */
   async collect(options: { dryRun: boolean; drain: boolean }): Promise<PoolCollectReport> {
     // The lock first: holding it, no live process is making an entry, so every .making-
@@ -331,6 +373,7 @@ export class LayerPool {
       const doomed = files.filter(
         (f) =>
           f.kind === "stale" ||
+          f.kind === "spent" ||
           (f.kind === "making" && release !== null) ||
           (f.kind === "ready" && options.drain),
       );
@@ -345,20 +388,4 @@ export class LayerPool {
       await release?.();
     }
   }
-}
-
-/** Run a command, discarding its output; rejects on failure or abort. */
-function execQuiet(argv: string[], signal: AbortSignal): Promise<void> {
-  const [file, ...args] = argv;
-  return new Promise((resolve, reject) => {
-    execFile(
-      file!,
-      args,
-      { signal, killSignal: "SIGKILL", timeout: 60_000, maxBuffer: 1024 * 1024 },
-      (error, _stdout, stderr) => {
-        if (error) reject(new Error(`${file}: ${stderr.trim() || error.message}`));
-        else resolve();
-      },
-    );
-  });
 }
