@@ -4,8 +4,8 @@
  * the owning process dies first (the owner lock says whether it did).
  */
 import { randomBytes } from "node:crypto";
-import { readlinkSync } from "node:fs";
-import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdirSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { asCorralError, CorralError } from "../core/errors.js";
 import { hasIoLimits, type Limits } from "../core/limits.js";
@@ -36,7 +36,7 @@ import {
   removeCgroupDir,
 } from "./runtime/cgroups.js";
 import { type LayerSource, mountLayer, unmountLayer } from "./runtime/layer.js";
-import { mountsUnder } from "./runtime/mounts.js";
+import { mountsUnderSync } from "./runtime/mounts.js";
 import { buildOciSpec, type OciConfig } from "./runtime/oci-spec.js";
 import { decideSelfCheck, NAMESPACES, type SelfCheckDecision } from "./self-check.js";
 
@@ -154,6 +154,14 @@ export class PhaseTimer {
       this.ms[name] = Math.round((performance.now() - t) * 100) / 100 + (this.ms[name] ?? 0);
     }
   }
+  timeSync<T>(name: string, step: () => T): T {
+    const t = performance.now();
+    try {
+      return step();
+    } finally {
+      this.ms[name] = Math.round((performance.now() - t) * 100) / 100 + (this.ms[name] ?? 0);
+    }
+  }
 }
 
 /** A new sandbox's identity, plan and paths, with its owner lock held. */
@@ -190,6 +198,15 @@ export interface LaidOutSandbox {
   /** The config.json written to the bundle. */
   config: OciConfig;
   layerSource: LayerSource;
+  /** The layer's loop device, if layer-up reported it. */
+  loopDevice: string | null;
+}
+
+/** This process's start time, for owner records (read once: it never changes). */
+let ownStart: Promise<string | null> | null = null;
+function ownStartTime(): Promise<string | null> {
+  ownStart ??= processStartTime(process.pid);
+  return ownStart;
 }
 
 /**
@@ -203,19 +220,22 @@ export async function layOutSandbox(
   phases: PhaseTimer = new PhaseTimer(),
 ): Promise<LaidOutSandbox> {
   const { spec, paths } = owned;
-  await phases.time("dir", async () => {
-    await mkdir(paths.dir, { mode: 0o711 });
-    await writeFile(
+  // Our own small files, written synchronously: each call takes microseconds, less than
+  // the thread-pool round trip of its asynchronous twin.
+  const startTime = await ownStartTime();
+  phases.timeSync("dir", () => {
+    mkdirSync(paths.dir, { mode: 0o711 });
+    writeFileSync(
       path.join(paths.dir, "owner.json"),
       JSON.stringify({
         kind: "process",
         pid: process.pid,
-        startTime: await processStartTime(process.pid),
+        startTime,
         created: new Date().toISOString(),
       }),
     );
   });
-  const layerSource = await phases.time("layer", () =>
+  const layer = await phases.time("layer", () =>
     mountLayer(
       paths,
       {
@@ -251,11 +271,11 @@ export async function layOutSandbox(
       swapAccounting: host.swapAccounting,
       ...(blockDevices ? { blockDevices } : {}),
     });
-    await mkdir(paths.bundle, { mode: 0o711 });
-    await writeFile(path.join(paths.bundle, "config.json"), JSON.stringify(config, null, 1));
+    mkdirSync(paths.bundle, { mode: 0o711 });
+    writeFileSync(path.join(paths.bundle, "config.json"), JSON.stringify(config, null, 1));
     return config;
   });
-  return { config, layerSource };
+  return { config, layerSource: layer.source, loopDevice: layer.loopDevice };
 }
 
 /**
@@ -269,8 +289,10 @@ export class Sandbox {
   private client: SupervisorClient | null = null;
   private stopped = false;
   private destroyed = false;
-  /** runc deleting the stopped container (started by stop; destroy waits for it). */
-  private removal: Promise<void> | null = null;
+  /** Whether stop saw every process of the container gone (destroy then overlaps steps). */
+  private dead = false;
+  /** The layer's loop device, if known (teardown then checks only that one). */
+  private loopDevice: string | null = null;
   selfCheck: SelfCheckDecision | null = null;
   /** The regular files `CreateOptions.inputs` copied in. */
   copiedInputs: CopiedFile[] = [];
@@ -303,6 +325,7 @@ export class Sandbox {
       const laid = await layOutSandbox(host, owned, phases);
       sandbox.blockIo = laid.config.linux.resources.blockIO;
       sandbox.layerSource = laid.layerSource;
+      sandbox.loopDevice = laid.loopDevice;
       if ((options.inputs?.length ?? 0) > 0 || options.workdir !== undefined) {
         // Before the container starts: nothing runs in the root yet (see host-inputs.ts).
         sandbox.copiedInputs = await phases.time("inputs", () =>
@@ -320,12 +343,13 @@ export class Sandbox {
           logPath: paths.runcLog,
         }),
       );
-      sandbox.client = await phases.time("connect", async () => {
-        const client = await SupervisorClient.connect(paths.socket, { timeoutMs: 10_000 });
-        await client.hello();
-        return client;
-      });
-      await phases.time("self_check", () => sandbox.runSelfCheck());
+      sandbox.client = await phases.time("connect", () =>
+        SupervisorClient.connect(paths.socket, { timeoutMs: 10_000 }),
+      );
+      // The greeting and the self-check's probe go out together: the supervisor answers
+      // them in order, so the probe is read only once the greeting has been.
+      const hello = sandbox.client.hello();
+      await phases.time("self_check", () => sandbox.runSelfCheck(hello));
       sandbox.createPhases = phases.ms;
       host.events.emit({
         principal: host.config.principal,
@@ -359,12 +383,13 @@ export class Sandbox {
     }
   }
 
-  private async runSelfCheck(): Promise<void> {
+  private async runSelfCheck(hello: Promise<unknown>): Promise<void> {
     // The cgroup's limits are read while the probe is on its way.
-    const [report, cgroup] = await Promise.all([
-      this.requireClient().probe(),
-      this.cgroup.limits({ io: this.blockIo !== undefined }),
-    ]);
+    const probe = this.requireClient().probe();
+    probe.catch(() => undefined); // a failed greeting is the error to report
+    const cgroup = this.cgroup.limitsNow({ io: this.blockIo !== undefined });
+    await hello;
+    const report = await probe;
     const hostNamespaces: Record<string, string> = {};
     for (const ns of NAMESPACES) {
       // A kernel pseudo-link that answers at once: read in place, not through the pool.
@@ -380,7 +405,8 @@ export class Sandbox {
       blockIo: this.blockIo,
     });
     this.selfCheck = decision;
-    this.host.events.emit({
+    // Committed with the sandbox.create event that always follows (success or failure).
+    this.host.events.defer({
       principal: this.host.config.principal,
       sandbox: this.id,
       kind: "sandbox.self_check",
@@ -553,14 +579,16 @@ export class Sandbox {
     this.stopped = true;
     this.client?.close();
     this.client = null;
-    // Kill first, then delete: `runc delete --force` of a running container polls for
-    // its death in 100 ms steps, while a stopped one is deleted at once.
-    await phases.time("kill", () => this.host.runtime.stop(this.id).catch(() => undefined));
-    // Every process is gone now. runc's own bookkeeping (its state and the cgroups) does
-    // not hold the layer, so it is removed while the caller collects files and unmounts;
-    // destroy waits for it.
-    this.removal = this.host.runtime.remove(this.id);
-    this.removal.catch(() => undefined); // destroy reports it
+    // Kill first, then delete (at destroy): `runc delete --force` of a running container
+    // polls for its death in 100 ms steps, while a stopped one is deleted at once.
+    await phases.time("kill", () =>
+      this.host.runtime.stop(this.id).then(
+        () => {
+          this.dead = true;
+        },
+        () => undefined,
+      ),
+    );
   }
 
   /** The writable layer's view of a directory of the sandbox (the overlay's upper dir). */
@@ -578,12 +606,10 @@ export class Sandbox {
       failure = err;
     }
     try {
-      await removeSandboxResources(
-        this.host,
-        this.id,
-        phases,
-        this.removal ? { removal: this.removal } : {},
-      );
+      await removeSandboxResources(this.host, this.id, phases, {
+        dead: this.dead,
+        loopDevice: this.loopDevice,
+      });
     } catch (err) {
       failure ??= err;
     }
@@ -635,45 +661,58 @@ export async function removeSandboxResources(
   host: Host,
   id: string,
   phases: PhaseTimer = new PhaseTimer(),
-  /** The container's deletion, already under way (by Sandbox.stop). */
-  known: { removal?: Promise<void> } = {},
+  /**
+   * `dead`: every process of the container is known gone (Sandbox.stop saw it reaped);
+   * `loopDevice`: the layer's loop device, when known.
+   */
+  known: { dead?: boolean; loopDevice?: string | null } = {},
 ): Promise<void> {
   const paths = sandboxPaths(host, id);
-  // The mounts, then the directory (never before: rm would reach into a mounted layer);
-  // runc's state and cgroups are elsewhere, so this runs alongside runc's deletion. What
-  // of the directory holds no mount point nor the layer's file (the bundle, the logs)
-  // goes while the unmount runs.
+  // The mounts, then the directory (never before: rm would reach into a mounted layer).
+  // What of the directory holds no mount point nor the layer's file (the bundle, the
+  // logs) goes while the unmount runs, and so does runc's state (it is elsewhere) once
+  // nothing of the container runs. Synchronous where it is our own few small files: each
+  // such call takes microseconds, less than the thread-pool round trip of its twin.
   const unmountThenRemove = async () => {
+    const mounts = mountsUnderSync(paths.dir);
     const held = new Set([
       path.basename(paths.layerImage),
-      ...(await mountsUnder(paths.dir)).map((m) => path.relative(paths.dir, m).split(path.sep)[0]),
+      ...mounts.map((m) => path.relative(paths.dir, m).split(path.sep)[0]),
     ]);
-    const names = await readdir(paths.dir).catch(() => [] as string[]);
-    const early = Promise.allSettled(
-      names
-        .filter((n) => !held.has(n))
-        .map((n) => rm(path.join(paths.dir, n), { recursive: true, force: true })),
+    // Asked for first (unmountLayer sends the plan before it first waits): layer-serve
+    // carries it out while the rest goes.
+    const unmounted = phases.time("unmount", () =>
+      unmountLayer(paths, host.layerMounter, mounts, known.loopDevice ?? null),
     );
+    let names: string[] = [];
     try {
-      await phases.time("unmount", () => unmountLayer(paths, host.layerMounter));
-    } finally {
-      await early;
+      names = readdirSync(paths.dir);
+    } catch {
+      // gone already
     }
-    await phases.time("rm", () => rm(paths.dir, { recursive: true, force: true }));
+    for (const n of names) {
+      if (!held.has(n)) rmSync(path.join(paths.dir, n), { recursive: true, force: true });
+    }
+    await unmounted;
+    phases.timeSync("rm", () => {
+      // Detached and unmounted: the layer's file goes to the pool to be deleted there.
+      host.layerPool?.discard(paths.layerImage);
+      rmSync(paths.dir, { recursive: true, force: true });
+    });
   };
-  if (known.removal) {
-    // The container is stopped (its processes reaped): unmount while runc deletes it.
-    const removal = known.removal;
-    const [removed, unmounted] = await Promise.allSettled([
-      phases.time("runc_delete", () => removal),
-      unmountThenRemove(),
+  if (known.dead) {
+    const unmounted = unmountThenRemove();
+    const [removed, unmountDone] = await Promise.allSettled([
+      phases.time("runc_delete", () => host.runtime.remove(id)),
+      unmounted,
     ]);
     if (removed.status === "rejected") {
       // Deletion failed: try once more, as gc would, before giving up.
       await phases.time("runc_delete_retry", () => host.runtime.remove(id));
     }
-    if (unmounted.status === "rejected") throw unmounted.reason;
+    if (unmountDone.status === "rejected") throw unmountDone.reason;
   } else {
+    // It may still run: runc delete --force kills it, and only then does the layer go.
     await phases.time("runc_delete", () => host.runtime.remove(id));
     await unmountThenRemove();
   }

@@ -225,6 +225,35 @@ describe("layer-up and layer-down", () => {
     await nothingLeft(g);
   });
 
+  it("layer-down told the layer's device detaches that one, and no device of another file", async () => {
+    const f = await fakeSandbox();
+    const g = await fakeSandbox();
+    const attach = async (file: string) => {
+      const r = await runCommand(["losetup", "--find", "--show", file]);
+      expect(r.code).toBe(0);
+      return r.stdout.trim();
+    };
+    const own = await attach(f.layerImage);
+    const other = await attach(g.layerImage);
+    try {
+      // Told another sandbox's device: that device's file is not under f, so it stays.
+      const wrong = await helper(layerOpsArgv(planLayerDown(f, [], other)));
+      expect(wrong).toEqual({ code: 0, stdout: "", stderr: "" });
+      expect((await loopDevicesUnder(g.dir)).map((l) => l.name)).toEqual([other]);
+      expect((await loopDevicesUnder(f.dir)).map((l) => l.name)).toEqual([own]);
+      // Told its own: detached, and waited for until it is free.
+      const r = await helper(layerOpsArgv(planLayerDown(f, [], own)));
+      expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
+      expect(await loopDevicesUnder(f.dir)).toEqual([]);
+      expect((await loopDevicesUnder(g.dir)).map((l) => l.name)).toEqual([other]);
+    } finally {
+      await runCommand(["losetup", "--detach", own]);
+      await runCommand(["losetup", "--detach", other]);
+    }
+    await nothingLeft(f);
+    await nothingLeft(g);
+  });
+
   it("layer-down is safe to repeat and with nothing mounted", async () => {
     const f = await fakeSandbox();
     await down(f);

@@ -128,6 +128,24 @@ describe("planLayerDown", () => {
       dir,
     ]);
   });
+
+  it("with the layer's own loop device, checks that one instead of every device", () => {
+    expect(layerOpsArgv(planLayerDown(paths, [`${dir}/layer`], "/dev/loop17"))).toEqual([
+      "layer-down",
+      dir,
+      "umount",
+      `${dir}/layer`,
+      "loop-detach",
+      "loop17",
+      dir,
+    ]);
+  });
+
+  it("sweeps every device when the one it is told is not plainly a loop device", () => {
+    for (const bad of ["/dev/sda", "loop1", "/dev/loop", "/dev/loop1/x", "/dev/loop-1", ""]) {
+      expect(planLayerDown(paths, [], bad).steps, bad).toEqual([{ op: "loop-detach-under", dir }]);
+    }
+  });
 });
 
 describe("layerOpsPathProblem", () => {

@@ -3,8 +3,8 @@
  * runc creates and removes the cgroup; Corral only reads it, and gc removes leftovers.
  * cgroup v1 (tested here) and v2 (unified; mapped from the kernel docs) are both handled.
  */
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { readdir, readFile, rmdir } from "node:fs/promises";
+import { existsSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
+import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { IO_LIMIT_KEYS } from "../../core/limits.js";
 import {
@@ -45,14 +45,6 @@ export interface CgroupLimitsSeen {
   io?: IoThrottleSeen;
 }
 
-async function readText(file: string): Promise<string | null> {
-  try {
-    return (await readFile(file, "utf8")).trim();
-  } catch {
-    return null;
-  }
-}
-
 function readTextSync(file: string): string | null {
   try {
     return readFileSync(file, "utf8").trim();
@@ -66,10 +58,6 @@ function numberOf(t: string | null): number | null {
   if (t === "max") return Number.POSITIVE_INFINITY;
   const n = Number(t);
   return Number.isFinite(n) ? n : null;
-}
-
-async function readNumber(file: string): Promise<number | null> {
-  return numberOf(await readText(file));
 }
 
 /** "key value" lines (memory.events, cpu.stat, memory.oom_control) → one key's value. */
@@ -136,47 +124,46 @@ export class CgroupReader {
     }
   }
 
-  /** The limits in force; the files are independent, so they are read concurrently. */
-  async limits(options: { io?: boolean } = {}): Promise<CgroupLimitsSeen> {
-    const io = options.io ? this.ioThrottles() : Promise.resolve(undefined);
+  /** The limits in force (read synchronously, like usageNow: kernel pseudo-files). */
+  limitsNow(options: { io?: boolean } = {}): CgroupLimitsSeen {
+    const io = options.io ? this.ioThrottlesNow() : undefined;
     if (this.version === 2) {
-      const [cpuMax, memoryBytes, pids, ioSeen] = await Promise.all([
-        readText(this.file("", "cpu.max")),
-        readNumber(this.file("", "memory.max")),
-        readNumber(this.file("", "pids.max")),
-        io,
-      ]);
-      const [quota, period] = (cpuMax ?? "").split(" ");
+      const [quota, period] = (readTextSync(this.file("", "cpu.max")) ?? "").split(" ");
       return {
-        memoryBytes,
+        memoryBytes: numberOf(readTextSync(this.file("", "memory.max"))),
         cpuQuotaUs:
           quota === undefined || quota === "" ? null : quota === "max" ? -1 : Number(quota),
         cpuPeriodUs: period === undefined ? null : Number(period),
-        pids,
-        ...(ioSeen ? { io: ioSeen } : {}),
+        pids: numberOf(readTextSync(this.file("", "pids.max"))),
+        ...(io ? { io } : {}),
       };
     }
-    const [memoryBytes, cpuQuotaUs, cpuPeriodUs, pids, ioSeen] = await Promise.all([
-      readNumber(this.file("memory", "memory.limit_in_bytes")),
-      readNumber(this.file("cpu", "cpu.cfs_quota_us")),
-      readNumber(this.file("cpu", "cpu.cfs_period_us")),
-      readNumber(this.file("pids", "pids.max")),
-      io,
-    ]);
-    return { memoryBytes, cpuQuotaUs, cpuPeriodUs, pids, ...(ioSeen ? { io: ioSeen } : {}) };
+    return {
+      memoryBytes: numberOf(readTextSync(this.file("memory", "memory.limit_in_bytes"))),
+      cpuQuotaUs: numberOf(readTextSync(this.file("cpu", "cpu.cfs_quota_us"))),
+      cpuPeriodUs: numberOf(readTextSync(this.file("cpu", "cpu.cfs_period_us"))),
+      pids: numberOf(readTextSync(this.file("pids", "pids.max"))),
+      ...(io ? { io } : {}),
+    };
+  }
+
+  async limits(options: { io?: boolean } = {}): Promise<CgroupLimitsSeen> {
+    return this.limitsNow(options);
   }
 
   /** The block I/O throttles of the cgroup (v1: blkio.throttle.*; v2: io.max). */
-  async ioThrottles(): Promise<IoThrottleSeen> {
-    if (this.version === 2) return parseIoMax(await readText(this.file("", "io.max")));
+  ioThrottlesNow(): IoThrottleSeen {
+    if (this.version === 2) return parseIoMax(readTextSync(this.file("", "io.max")));
     const seen = emptyIoThrottleSeen();
-    await Promise.all(
-      IO_LIMIT_KEYS.map(async (key) => {
-        const { v1File, v2 } = THROTTLES[key];
-        seen[v2] = parseV1Throttle(await readText(this.file("blkio", v1File)));
-      }),
-    );
+    for (const key of IO_LIMIT_KEYS) {
+      const { v1File, v2 } = THROTTLES[key];
+      seen[v2] = parseV1Throttle(readTextSync(this.file("blkio", v1File)));
+    }
     return seen;
+  }
+
+  async ioThrottles(): Promise<IoThrottleSeen> {
+    return this.ioThrottlesNow();
   }
 }
 
@@ -222,17 +209,21 @@ export async function cgroupDirsNamed(name: string, root = CGROUP_ROOT): Promise
   }
   let hierarchies: string[] = [];
   try {
-    hierarchies = await readdir(root);
+    // cgroupfs answers at once: read in place, not through the thread pool.
+    hierarchies = readdirSync(root);
   } catch {
     return [];
   }
   return hierarchies.map((h) => path.join(root, h, name)).filter((dir) => existsSync(dir));
 }
 
-/** Remove an empty cgroup directory (the kernel refuses while a process is inside). */
+/**
+ * Remove an empty cgroup directory (the kernel refuses while a process is inside).
+ * Synchronous: an rmdir in cgroupfs takes some 20 µs, less than a thread-pool round trip.
+ */
 export async function removeCgroupDir(dir: string): Promise<boolean> {
   try {
-    await rmdir(dir);
+    rmdirSync(dir);
     return true;
   } catch {
     return false;

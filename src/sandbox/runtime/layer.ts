@@ -6,7 +6,8 @@
  * sandbox, before runc starts, and removed after the container is deleted.
  */
 import { execFile } from "node:child_process";
-import { chown, mkdir, open, rm, stat } from "node:fs/promises";
+import { existsSync, mkdirSync } from "node:fs";
+import { chown, mkdir, open, rm } from "node:fs/promises";
 import { CorralError } from "../../core/errors.js";
 import { runCommand } from "../../core/proc.js";
 import type { SandboxPaths } from "../../core/sandbox.js";
@@ -212,23 +213,28 @@ async function mountPlanned(
   return null;
 }
 
+/** Where a layer came from, and the loop device it is on (when layer-up said; else null). */
+export interface MountedLayer {
+  source: LayerSource;
+  loopDevice: string | null;
+}
+
 export async function mountLayer(
   paths: SandboxPaths,
   plan: LayerPlan,
   pool: LayerPool | null,
   mounter: LayerMounter,
-): Promise<LayerSource> {
-  await mkdir(paths.layer, { mode: 0o711 });
-  await mkdir(paths.rootfs, { mode: 0o711 });
+): Promise<MountedLayer> {
+  mkdirSync(paths.layer, { mode: 0o711 });
+  mkdirSync(paths.rootfs, { mode: 0o711 });
   if (plan.kind === "tmpfs") {
     await mountPlanned(paths, plan, mounter);
-    return "tmpfs";
+    return { source: "tmpfs", loopDevice: null };
   }
   const shape = { diskBytes: plan.diskBytes, inodes: plan.inodes };
   if (pool && (await pool.claim(shape, paths.layerImage))) {
     try {
-      await mountPlanned(paths, plan, mounter);
-      return "pool";
+      return { source: "pool", loopDevice: await mountPlanned(paths, plan, mounter) };
     } catch {
       // A damaged entry (say, from before a power loss): discard it, format afresh. (A
       // failure that is not the entry's fails again below, and is reported then.)
@@ -241,8 +247,7 @@ export async function mountLayer(
   await fh.truncate(plan.diskBytes);
   await fh.close();
   await must(ext4FormatArgv(paths.layerImage, plan.inodes), "formatting the disk layer");
-  await mountPlanned(paths, plan, mounter);
-  return "mkfs";
+  return { source: "mkfs", loopDevice: await mountPlanned(paths, plan, mounter) };
 }
 
 /**
@@ -250,18 +255,19 @@ export async function mountLayer(
  * Returns only once nothing of it is mounted or attached. The layer's file stays (it goes
  * with the sandbox's directory).
  */
-export async function unmountLayer(paths: SandboxPaths, mounter: LayerMounter): Promise<void> {
-  const mounts = await mountsUnder(paths.dir);
-  const ops = planLayerDown(paths, mounts);
+export async function unmountLayer(
+  paths: SandboxPaths,
+  mounter: LayerMounter,
+  /** The mount points under the sandbox's directory, if the caller just read them. */
+  known?: string[],
+  /** The layer's loop device, as mountLayer reported it (only it is then checked). */
+  loopDevice: string | null = null,
+): Promise<void> {
+  const mounts = known ?? (await mountsUnder(paths.dir));
+  const ops = planLayerDown(paths, mounts, loopDevice);
   // Without the directory nothing can be mounted below it, but a loop device may still be
   // bound to a deleted file of it: the sweep below finds that one.
-  const direct =
-    mounter.direct &&
-    layerOpsPlanProblem(ops) === null &&
-    (await stat(paths.dir).then(
-      () => true,
-      () => false,
-    ));
+  const direct = mounter.direct && layerOpsPlanProblem(ops) === null && existsSync(paths.dir);
   const done = direct ? await mounter.run(ops, `unmounting ${paths.dir}`) : null;
   if (done?.kind !== "done") {
     await unmountAllUnder(paths.dir);

@@ -16,6 +16,10 @@ function unescapeMountPath(s: string): string {
  * listed twice.
  */
 export async function mountsUnder(dir: string): Promise<string[]> {
+  return mountsUnderSync(dir);
+}
+
+export function mountsUnderSync(dir: string): string[] {
   // A kernel pseudo-file that answers at once: read in place, not through the thread
   // pool (four round trips of it cost more than the read).
   const text = readFileSync("/proc/self/mountinfo", "utf8");

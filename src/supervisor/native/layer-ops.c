@@ -17,6 +17,7 @@
  *   corral-supervisor layer-down WITHIN STEP...
  *     umount TARGET                            lazily if busy; a target already gone is fine
  *     loop-detach-under DIR                    every loop device whose backing file is under DIR
+ *     loop-detach loopN DIR                    that one device, if its backing file is under DIR
  *
  * FLAGS is a comma-separated subset of nosuid,nodev,noatime (or empty). layer-up prints
  * "loop /dev/loopN" for each loop device it attached.
@@ -178,7 +179,14 @@ static int parse_id(const char *s, unsigned *out)
     return 1;
 }
 
-enum step_kind { STEP_LOOP_MOUNT, STEP_MOUNT, STEP_MKDIR, STEP_UMOUNT, STEP_LOOP_DETACH };
+enum step_kind {
+    STEP_LOOP_MOUNT,
+    STEP_MOUNT,
+    STEP_MKDIR,
+    STEP_UMOUNT,
+    STEP_LOOP_DETACH,
+    STEP_LOOP_DETACH_ONE
+};
 
 struct step {
     enum step_kind kind;
@@ -285,6 +293,8 @@ static int source_name(const char *s)
 }
 
 /* Parse and check every step; returns 0, or refuses with a message. */
+static int is_loop_name(const char *n);
+
 static int parse_plan(int up, const char *within, int argc, char **argv)
 {
     int i = 0;
@@ -297,12 +307,14 @@ static int parse_plan(int up, const char *within, int argc, char **argv)
         struct step *s = &steps[nsteps];
         memset(s, 0, sizeof *s);
         const char *op = argv[i];
+        int down_op = !strcmp(op, "umount") || !strcmp(op, "loop-detach-under") ||
+                      !strcmp(op, "loop-detach");
         int need = !strcmp(op, "loop-mount") || !strcmp(op, "mount") ? 5
                    : !strcmp(op, "mkdir")                            ? 4
-                   : !strcmp(op, "umount") || !strcmp(op, "loop-detach-under") ? 1
-                                                                      : -1;
-        int known_here = up ? strcmp(op, "umount") && strcmp(op, "loop-detach-under")
-                            : !strcmp(op, "umount") || !strcmp(op, "loop-detach-under");
+                   : !strcmp(op, "loop-detach")                      ? 2
+                   : down_op                                         ? 1
+                                                                     : -1;
+        int known_here = up ? !down_op : down_op;
         if (need < 0 || !known_here) {
             say("unknown step '%s'", op);
             return -1;
@@ -354,6 +366,18 @@ static int parse_plan(int up, const char *within, int argc, char **argv)
             }
             if (!parse_id(a[2], &s->uid) || !parse_id(a[3], &s->gid)) {
                 say("mkdir: bad owner '%s:%s'", a[2], a[3]);
+                return -1;
+            }
+        } else if (!strcmp(op, "loop-detach")) {
+            s->kind = STEP_LOOP_DETACH_ONE;
+            s->source = a[0];
+            s->target = a[1];
+            if (!is_loop_name(s->source)) {
+                say("loop-detach: not a loop device name: '%s'", s->source);
+                return -1;
+            }
+            if (!clean_path(s->target) || !at_or_under(s->target, within)) {
+                say("%s: the path must be a clean path under %s: '%s'", op, within, s->target);
                 return -1;
             }
         } else {
@@ -655,62 +679,70 @@ static int is_loop_name(const char *n)
 }
 
 /*
- * Detach every loop device whose backing file lies under dir, and wait until each is
- * free. A device is cleared only while it is still bound to the file that sysfs named
- * (same device and inode, when the file still exists), so a device that was freed and
- * taken by someone else meanwhile is left alone.
+ * Detach loop device NAME if its backing file lies under dir, and wait until it is free.
+ * It is cleared only while it is still bound to the file that sysfs named (same device
+ * and inode, when the file still exists), so a device that was freed and taken by
+ * someone else meanwhile is left alone. 0 when it is free of dir (or never was bound to
+ * it), -1 when it could not be freed.
  */
+static int detach_one(const char *name, const char *dir)
+{
+    char file[PATH_MAX];
+    if (loop_backing_file(name, file, sizeof file) < 0 || !strictly_under(file, dir))
+        return 0;
+    char dev[NAME_MAX + 8];
+    snprintf(dev, sizeof dev, "/dev/%s", name);
+    int fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        say("%s: %s", dev, strerror(errno));
+        return -1;
+    }
+    int failed = 0;
+    struct loop_info64 info;
+    int bound = ioctl(fd, LOOP_GET_STATUS64, &info) == 0;
+    struct stat st;
+    int fd_file = bound ? open_nofollow(file, O_PATH) : -1;
+    int same = bound && (fd_file < 0 || (fstat(fd_file, &st) == 0 &&
+                                         info.lo_device == (uint64_t)st.st_dev &&
+                                         info.lo_inode == (uint64_t)st.st_ino));
+    if (fd_file >= 0)
+        close(fd_file);
+    if (same && ioctl(fd, LOOP_CLR_FD, 0) < 0 && errno != ENXIO) {
+        say("detaching %s (%s): %s", dev, file, strerror(errno));
+        failed = 1;
+    }
+    close(fd);
+    if (!same)
+        return failed ? -1 : 0;
+    /* Cleared at our close unless another opener holds it: wait for that one. */
+    char now[PATH_MAX];
+    int waited = 0;
+    while (loop_backing_file(name, now, sizeof now) == 0 && !strcmp(now, file) &&
+           waited < LOOP_FREE_WAIT_MS) {
+        sleep_ms(1);
+        waited++;
+    }
+    if (waited >= LOOP_FREE_WAIT_MS) {
+        say("%s is still attached to %s (held open elsewhere)", dev, file);
+        failed = 1;
+    }
+    return failed ? -1 : 0;
+}
+
+/* Detach every loop device whose backing file lies under the step's directory. */
 static int run_loop_detach(struct step *s)
 {
+    if (s->kind == STEP_LOOP_DETACH_ONE)
+        return detach_one(s->source, s->target);
     DIR *d = opendir("/sys/block");
     if (!d) {
         say("/sys/block: %s", strerror(errno));
         return -1;
     }
     int failed = 0;
-    for (struct dirent *e; (e = readdir(d));) {
-        char file[PATH_MAX];
-        if (!is_loop_name(e->d_name) || loop_backing_file(e->d_name, file, sizeof file) < 0)
-            continue;
-        if (!strictly_under(file, s->target))
-            continue;
-        char dev[sizeof e->d_name + 8];
-        snprintf(dev, sizeof dev, "/dev/%s", e->d_name);
-        int fd = open(dev, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            say("%s: %s", dev, strerror(errno));
+    for (struct dirent *e; (e = readdir(d));)
+        if (is_loop_name(e->d_name) && detach_one(e->d_name, s->target) < 0)
             failed = 1;
-            continue;
-        }
-        struct loop_info64 info;
-        int bound = ioctl(fd, LOOP_GET_STATUS64, &info) == 0;
-        struct stat st;
-        int fd_file = bound ? open_nofollow(file, O_PATH) : -1;
-        int same = bound && (fd_file < 0 || (fstat(fd_file, &st) == 0 &&
-                                             info.lo_device == (uint64_t)st.st_dev &&
-                                             info.lo_inode == (uint64_t)st.st_ino));
-        if (fd_file >= 0)
-            close(fd_file);
-        if (same && ioctl(fd, LOOP_CLR_FD, 0) < 0 && errno != ENXIO) {
-            say("detaching %s (%s): %s", dev, file, strerror(errno));
-            failed = 1;
-        }
-        close(fd);
-        if (!same)
-            continue;
-        /* Cleared at our close unless another opener holds it: wait for that one. */
-        char now[PATH_MAX];
-        int waited = 0;
-        while (loop_backing_file(e->d_name, now, sizeof now) == 0 && !strcmp(now, file) &&
-               waited < LOOP_FREE_WAIT_MS) {
-            sleep_ms(1);
-            waited++;
-        }
-        if (waited >= LOOP_FREE_WAIT_MS) {
-            say("%s is still attached to %s (held open elsewhere)", dev, file);
-            failed = 1;
-        }
-    }
     closedir(d);
     return failed ? -1 : 0;
 }
