@@ -43,10 +43,13 @@ export async function interleave(
   n: number,
   warmup: number,
   cases: readonly { name: string; once: (i: number) => Promise<void> }[],
+  /** Awaited before each timed run, untimed: lets background work of the last one end. */
+  between: () => Promise<void> = async () => undefined,
 ): Promise<Map<string, number[]>> {
   const samples = new Map(cases.map((c) => [c.name, [] as number[]]));
   for (let round = 0; round < warmup + n; round++) {
     for (const c of cases) {
+      await between();
       const t = performance.now();
       await c.once(round);
       const ms = performance.now() - t;

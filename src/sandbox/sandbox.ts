@@ -335,21 +335,42 @@ export class Sandbox {
           }),
         );
       }
-      await phases.time("runc_start", () =>
-        host.runtime.start({
-          id: spec.id,
-          bundle: paths.bundle,
-          socketPath: paths.socket,
-          logPath: paths.runcLog,
-        }),
-      );
-      sandbox.client = await phases.time("connect", () =>
-        SupervisorClient.connect(paths.socket, { timeoutMs: 10_000 }),
-      );
-      // The greeting and the self-check's probe go out together: the supervisor answers
-      // them in order, so the probe is read only once the greeting has been.
-      const hello = sandbox.client.hello();
-      await phases.time("self_check", () => sandbox.runSelfCheck(hello));
+      // The shim binds the socket before it starts runc, so the connection, the greeting
+      // and the self-check's probe go out while runc works, and the supervisor answers
+      // them (in order) as soon as it runs. Nothing it says counts before runc has
+      // reported that the container started.
+      const giveUp = new AbortController();
+      const connecting = SupervisorClient.connect(paths.socket, {
+        timeoutMs: 10_000,
+        signal: giveUp.signal,
+      });
+      const asked = connecting.then((client) => {
+        const hello = client.hello();
+        const probe = client.probe();
+        // Awaited below; a failure before then (runc failed, the socket closed) is not
+        // an unhandled one.
+        hello.catch(() => undefined);
+        probe.catch(() => undefined);
+        return { hello, probe };
+      });
+      asked.catch(() => undefined);
+      try {
+        await phases.time("runc_start", () =>
+          host.runtime.start({
+            id: spec.id,
+            bundle: paths.bundle,
+            socketPath: paths.socket,
+            logPath: paths.runcLog,
+          }),
+        );
+      } catch (err) {
+        giveUp.abort();
+        (await connecting.catch(() => null))?.close();
+        throw err;
+      }
+      sandbox.client = await phases.time("connect", () => connecting);
+      const { hello, probe } = await asked;
+      await phases.time("self_check", () => sandbox.runSelfCheck(hello, probe));
       sandbox.createPhases = phases.ms;
       host.events.emit({
         principal: host.config.principal,
@@ -383,12 +404,12 @@ export class Sandbox {
     }
   }
 
-  private async runSelfCheck(hello: Promise<unknown>): Promise<void> {
-    // The cgroup's limits are read while the probe is on its way.
-    const probe = this.requireClient().probe();
-    probe.catch(() => undefined); // a failed greeting is the error to report
+  private async runSelfCheck(
+    hello: Promise<unknown>,
+    probe: Promise<Record<string, string>>,
+  ): Promise<void> {
     const cgroup = this.cgroup.limitsNow({ io: this.blockIo !== undefined });
-    await hello;
+    await hello; // a failed greeting is the error to report
     const report = await probe;
     const hostNamespaces: Record<string, string> = {};
     for (const ns of NAMESPACES) {

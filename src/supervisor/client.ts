@@ -241,9 +241,18 @@ export class SupervisorClient {
   }
 
   /** Connect, retrying while the socket is not there yet or not yet accepting. */
-  static async connect(socketPath: string, opts: { timeoutMs: number }): Promise<SupervisorClient> {
+  static async connect(
+    socketPath: string,
+    opts: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<SupervisorClient> {
     const deadline = Date.now() + opts.timeoutMs;
     for (;;) {
+      if (opts.signal?.aborted) {
+        throw new CorralError(
+          "supervisor_failed",
+          "the sandbox did not start: connection given up",
+        );
+      }
       try {
         const socket = await new Promise<net.Socket>((resolve, reject) => {
           const s = net.createConnection(socketPath);

@@ -271,6 +271,17 @@ export class LayerPool {
     });
   }
 
+  /** Resolves once no refill and no deletion is under way (the benchmark waits on it). */
+  async idle(): Promise<void> {
+    for (;;) {
+      const filling = this.filling;
+      const deleting = this.deleting;
+      await deleting;
+      await filling;
+      if (this.filling === null && this.deleting === deleting) return;
+    }
+  }
+
   /**
    * Stop filling after the entry being made, waiting for it at most `timeoutMs` (then it
    * is aborted): the CLI calls this before exiting, so that the next run finds an entry,
