@@ -108,6 +108,10 @@ export class CappedOutput {
     this.kept += part.length;
     return part;
   }
+  /** What the writer wrote in all, as the supervisor counted it (it sends only the cap). */
+  noteTotal(bytes: number): void {
+    if (bytes > this.total) this.total = bytes;
+  }
   get truncated(): boolean {
     return this.total > this.kept;
   }
@@ -468,6 +472,11 @@ export class Sandbox {
     return this.requireClient();
   }
 
+  /** Bytes the host has received from the sandbox's supervisor (0 once stopped). */
+  get supervisorBytesRead(): number {
+    return this.client?.bytesRead ?? 0;
+  }
+
   /** Whether the sandbox still runs (its supervisor has not been lost or stopped). */
   get running(): boolean {
     return !this.stopped && this.client !== null;
@@ -516,6 +525,8 @@ export class Sandbox {
       cwd: req.cwd ?? "/work",
       timeoutMs: req.timeoutMs,
       stdin: req.stdin !== undefined || req.stdinPipe === true,
+      // Past the cap the supervisor only counts: a flood costs the host nothing.
+      outputCapBytes: req.outputCapBytes,
       onStdout: (c) => {
         const part = stdout.push(c);
         if (part.length > 0) req.onStdout?.(part);
@@ -566,6 +577,8 @@ export class Sandbox {
           usage: diffUsage(before, usage),
         };
       }
+      stdout.noteTotal(exit.stdoutBytes);
+      stderr.noteTotal(exit.stderrBytes);
       return {
         exit,
         exitCode: exit.how === "exited" ? exit.code : 128 + exit.code,

@@ -122,6 +122,8 @@ export interface SpawnOptions {
   timeoutMs: number;
   /** Give the process a stdin pipe (otherwise /dev/null). */
   stdin?: boolean;
+  /** At most this much of each stream is sent (the exit says how much there was). */
+  outputCapBytes?: number;
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
 }
@@ -197,6 +199,11 @@ export class SupervisorClient {
   private readonly channels = new Map<number, ChannelState>();
   private nextChannel = 1;
   private closedError: Error | null = null;
+
+  /** Bytes received from the supervisor so far (frames and all). */
+  get bytesRead(): number {
+    return this.socket.bytesRead;
+  }
 
   private constructor(private readonly socket: net.Socket) {
     socket.on("data", (chunk: Buffer) => {
@@ -652,6 +659,7 @@ export class SupervisorClient {
           cwd: opts.cwd,
           timeoutMs: opts.timeoutMs,
           stdinPipe: opts.stdin === true,
+          ...(opts.outputCapBytes !== undefined ? { outputCapBytes: opts.outputCapBytes } : {}),
         }),
       );
     } catch (err) {

@@ -59,6 +59,8 @@ export const DONE_KERNEL_LOST = 2;
 export const DONE_SANDBOX_KILLED = 4;
 
 export const SPAWN_STDIN_PIPE = 1;
+/** SPAWN carries a u64 output cap: the supervisor sends at most that much of each stream. */
+export const SPAWN_OUTPUT_CAP = 2;
 
 export interface Frame {
   type: number;
@@ -97,6 +99,8 @@ export interface SpawnPayload {
   cwd: string;
   timeoutMs: number;
   stdinPipe: boolean;
+  /** Bytes of each stream to send at most (the rest is counted, not sent); 0 or none: all. */
+  outputCapBytes?: number;
 }
 
 /** The header words of SPAWN and CTX_START differ; the strings that follow do not. */
@@ -104,6 +108,8 @@ function encodeExecStrings(
   word0: number,
   word1: number,
   req: { argv: readonly string[]; env: Readonly<Record<string, string>>; cwd: string },
+  /** Fields between the header and the strings (SPAWN's output cap). */
+  extra: Buffer = Buffer.alloc(0),
 ): Buffer {
   const env = Object.entries(req.env).map(([k, v]) => {
     if (k.length === 0 || k.includes("="))
@@ -118,7 +124,13 @@ function encodeExecStrings(
   head.writeUInt32BE(word1 >>> 0, 4);
   head.writeUInt16BE(req.argv.length, 8);
   head.writeUInt16BE(env.length, 10);
-  return Buffer.concat([head, cstring(req.cwd), ...req.argv.map(cstring), ...env.map(cstring)]);
+  return Buffer.concat([
+    head,
+    extra,
+    cstring(req.cwd),
+    ...req.argv.map(cstring),
+    ...env.map(cstring),
+  ]);
 }
 
 /**
@@ -131,7 +143,12 @@ export function clampMs(ms: number): number {
 }
 
 export function encodeSpawn(req: SpawnPayload): Buffer {
-  return encodeExecStrings(req.stdinPipe ? SPAWN_STDIN_PIPE : 0, clampMs(req.timeoutMs), req);
+  const cap = req.outputCapBytes ?? 0;
+  if (!Number.isSafeInteger(cap) || cap < 0) throw new RangeError(`bad output cap: ${cap}`);
+  const flags = (req.stdinPipe ? SPAWN_STDIN_PIPE : 0) | (cap > 0 ? SPAWN_OUTPUT_CAP : 0);
+  const extra = Buffer.alloc(cap > 0 ? 8 : 0);
+  if (cap > 0) extra.writeBigUInt64BE(BigInt(cap));
+  return encodeExecStrings(flags, clampMs(req.timeoutMs), req, extra);
 }
 
 export interface ContextStartPayload {
@@ -319,10 +336,13 @@ export interface ExitInfo {
   userUs: number;
   sysUs: number;
   maxRssKiB: number;
+  /** Bytes the process wrote to stdout and stderr (sent or not: see SPAWN_OUTPUT_CAP). */
+  stdoutBytes: number;
+  stderrBytes: number;
 }
 
 export function decodeExit(p: Buffer): ExitInfo {
-  if (p.length !== 40) throw new RangeError(`EXIT payload of ${p.length} bytes (expected 40)`);
+  if (p.length !== 56) throw new RangeError(`EXIT payload of ${p.length} bytes (expected 56)`);
   return {
     how: p.readUInt8(0) === 1 ? "signaled" : "exited",
     timedOut: p.readUInt8(1) === 1,
@@ -331,6 +351,8 @@ export function decodeExit(p: Buffer): ExitInfo {
     userUs: Number(p.readBigUInt64BE(16)),
     sysUs: Number(p.readBigUInt64BE(24)),
     maxRssKiB: Number(p.readBigUInt64BE(32)),
+    stdoutBytes: Number(p.readBigUInt64BE(40)),
+    stderrBytes: Number(p.readBigUInt64BE(48)),
   };
 }
 

@@ -2,7 +2,8 @@
 import { readFileSync, statfsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dataTag } from "../../src/core/config.js";
-import { GiB, MiB } from "../../src/core/limits.js";
+import { DEFAULT_LIMITS, GiB, MiB } from "../../src/core/limits.js";
+import { Sandbox } from "../../src/sandbox/sandbox.js";
 import { processesInSandboxRange } from "../helpers/leaks.js";
 import { type TestEnv, testEnv } from "../helpers/sandbox.js";
 
@@ -165,6 +166,28 @@ describe("resources", () => {
     expect(process.memoryUsage().rss - rss).toBeLessThan(200 * MiB);
     const next = await env.run("shell", "echo next");
     expect(next.stdout.text).toBe("next\n");
+  });
+
+  it("output-flood: what passes the cap stays in the sandbox; the supervisor counts it", async () => {
+    const sandbox = await Sandbox.create(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+    });
+    try {
+      const before = sandbox.supervisorBytesRead;
+      const r = await sandbox.exec({
+        argv: ["sh", "-c", "head -c 300000000 /dev/zero; head -c 5000000 /dev/zero >&2"],
+        timeoutMs: 60_000,
+        outputCapBytes: MiB,
+      });
+      expect(r.exitCode).toBe(0);
+      expect([r.stdout.total, r.stdout.kept, r.stdout.truncated]).toEqual([300_000_000, MiB, true]);
+      expect([r.stderr.total, r.stderr.kept]).toEqual([5_000_000, MiB]);
+      // Two capped streams and the frames around them, not 305 MB.
+      expect(sandbox.supervisorBytesRead - before).toBeLessThan(3 * MiB);
+    } finally {
+      await sandbox.destroy();
+    }
   });
 
   it("stderr-before-stdout: no deadlock", async () => {

@@ -76,8 +76,24 @@ describe("supervisor protocol", () => {
     expect(() => encodeWriteFile("", Buffer.alloc(0), 0o644)).toThrow(/path/);
   });
 
+  it("puts SPAWN's output cap between its header and its strings, under its own flag", () => {
+    const base = { argv: ["sh"], env: {}, cwd: "/w", timeoutMs: 0, stdinPipe: true };
+    const p = encodeSpawn({ ...base, outputCapBytes: 2 ** 40 + 3 });
+    expect(p.readUInt32BE(0)).toBe(1 | 2);
+    expect(p.readBigUInt64BE(12)).toBe(2n ** 40n + 3n);
+    expect(p.subarray(20).toString()).toBe("/w\0sh\0");
+    // No cap (or 0): no flag, no field.
+    for (const q of [encodeSpawn(base), encodeSpawn({ ...base, outputCapBytes: 0 })]) {
+      expect(q.readUInt32BE(0)).toBe(1);
+      expect(q.subarray(12).toString()).toBe("/w\0sh\0");
+    }
+    for (const bad of [-1, 1.5, Number.POSITIVE_INFINITY, Number.NaN]) {
+      expect(() => encodeSpawn({ ...base, outputCapBytes: bad }), String(bad)).toThrow(/cap/);
+    }
+  });
+
   it("decodes EXIT and PROBE_REPORT", () => {
-    const ev = Buffer.alloc(40);
+    const ev = Buffer.alloc(56);
     ev.writeUInt8(1, 0);
     ev.writeUInt8(1, 1);
     ev.writeInt32BE(9, 4);
@@ -85,6 +101,8 @@ describe("supervisor protocol", () => {
     ev.writeBigUInt64BE(5n, 16);
     ev.writeBigUInt64BE(6n, 24);
     ev.writeBigUInt64BE(2048n, 32);
+    ev.writeBigUInt64BE(2n ** 33n, 40);
+    ev.writeBigUInt64BE(7n, 48);
     expect(decodeExit(ev)).toEqual({
       how: "signaled",
       timedOut: true,
@@ -93,8 +111,11 @@ describe("supervisor protocol", () => {
       userUs: 5,
       sysUs: 6,
       maxRssKiB: 2048,
+      stdoutBytes: 2 ** 33,
+      stderrBytes: 7,
     });
     expect(() => decodeExit(Buffer.alloc(3))).toThrow();
+    expect(() => decodeExit(Buffer.alloc(40))).toThrow();
     expect(decodeProbe(Buffer.from("a=1\nuid_map=0 1 2;3 4 5\n\nbad\n"))).toEqual({
       a: "1",
       uid_map: "0 1 2;3 4 5",

@@ -94,6 +94,11 @@ enum { DONE_TIMED_OUT = 1, DONE_KERNEL_LOST = 2, DONE_SANDBOX_KILLED = 4 };
 /* The largest frame a kernel may send; a larger one is a broken kernel. */
 #define MAX_KERNEL_FRAME (MAX_PAYLOAD - 64)
 #define SPAWN_STDIN_PIPE 1u
+/* SPAWN carries a u64 output cap after its header: bytes past it are read and counted,
+ * not sent. */
+#define SPAWN_OUTPUT_CAP 2u
+/* EXIT and CTX_EXIT payloads (see docs/protocol.md). */
+#define EXIT_LEN 56
 
 /* Where a child failed before exec; reported through the status pipe. A context's
  * keeper first reports its kernel's pid (STAGE_PID). */
@@ -113,6 +118,9 @@ struct proc {
     size_t in_len, in_off;
     int64_t start_us, end_us;
     int64_t deadline_ms;     /* CLOCK_MONOTONIC; 0 = no timeout */
+    uint64_t out_cap;        /* per stream; 0 = send everything */
+    uint64_t out_total[2];   /* bytes read from stdout, stderr */
+    uint64_t out_sent[2];    /* of those, bytes sent to the host */
     int status;
     struct rusage ru;
 
@@ -177,6 +185,8 @@ static uint32_t get_u32(const unsigned char *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
+
+static uint64_t get_u64(const unsigned char *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
 
 static uint64_t timeval_us(struct timeval tv)
 {
@@ -566,12 +576,30 @@ static void accept_connection(void)
 
 /* --------------------------------------------------------- child output */
 
+/* Count what a process wrote and send it, up to its cap: output past the cap is
+ * still read (the writer must not block) but costs the host nothing. */
+static void emit_output(struct proc *p, uint8_t type, const unsigned char *buf, size_t n)
+{
+    int i = type == EV_STDERR;
+    p->out_total[i] += n;
+    if (!p->attached)
+        return;
+    if (p->out_cap > 0) {
+        uint64_t room = p->out_sent[i] >= p->out_cap ? 0 : p->out_cap - p->out_sent[i];
+        if (room == 0)
+            return;
+        if ((uint64_t)n > room)
+            n = (size_t)room;
+    }
+    p->out_sent[i] += n;
+    send_simple(type, p->channel, buf, n);
+}
+
 static void forward_output(struct proc *p, int *fd, uint8_t type)
 {
     ssize_t n = read(*fd, iobuf, CHUNK);
     if (n > 0) {
-        if (p->attached)
-            send_simple(type, p->channel, iobuf, (size_t)n);
+        emit_output(p, type, iobuf, (size_t)n);
         return;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -592,13 +620,12 @@ static void drain_output(struct proc *p, int *fd, uint8_t type)
         if (n <= 0)
             break;
         total += (size_t)n;
-        if (p->attached)
-            send_simple(type, p->channel, iobuf, (size_t)n);
+        emit_output(p, type, iobuf, (size_t)n);
     }
     close_fd(fd);
 }
 
-static void encode_exit(unsigned char ev[40], const struct proc *p)
+static void encode_exit(unsigned char ev[EXIT_LEN], const struct proc *p)
 {
     int signaled = WIFSIGNALED(p->status);
     ev[0] = signaled ? 1 : 0;
@@ -609,6 +636,8 @@ static void encode_exit(unsigned char ev[40], const struct proc *p)
     put_u64(ev + 16, timeval_us(p->ru.ru_utime));
     put_u64(ev + 24, timeval_us(p->ru.ru_stime));
     put_u64(ev + 32, (uint64_t)p->ru.ru_maxrss); /* KiB on Linux */
+    put_u64(ev + 40, p->out_total[0]);
+    put_u64(ev + 48, p->out_total[1]);
 }
 
 /* Forward what is already in a pipe without waiting or closing it: a context's output
@@ -623,8 +652,7 @@ static void drain_available(struct proc *p, int fd, uint8_t type)
         if (n <= 0)
             break;
         total += (size_t)n;
-        if (p->attached)
-            send_simple(type, p->channel, iobuf, (size_t)n);
+        emit_output(p, type, iobuf, (size_t)n);
     }
 }
 
@@ -663,7 +691,7 @@ static void finish_reaped(void)
         drain_output(p, &p->err_fd, EV_STDERR);
         discard_stdin(p);
         if (p->attached) {
-            unsigned char ev[40];
+            unsigned char ev[EXIT_LEN];
             encode_exit(ev, p);
             send_simple(p->is_ctx ? EV_CTX_EXIT : EV_EXIT, p->channel, ev, sizeof ev);
         }
@@ -1195,18 +1223,23 @@ static void handle_spawn(uint32_t channel, const unsigned char *p, uint32_t len)
         return mark_malformed();
     uint32_t flags = get_u32(p), timeout_ms = get_u32(p + 4);
     unsigned argc = get_u16(p + 8), envc = get_u16(p + 10);
+    uint32_t head = (flags & SPAWN_OUTPUT_CAP) ? 20 : 12;
+    if (len < head)
+        return mark_malformed();
+    uint64_t out_cap = head == 20 ? get_u64(p + 12) : 0;
     struct exec_args a = { 0 };
-    int perr = parse_exec_args(p + 12, p + len, argc, envc, &a);
+    int perr = parse_exec_args(p + head, p + len, argc, envc, &a);
     if (perr < 0)
         return mark_malformed();
 
-    if (channel == 0 || find_channel(channel) || (flags & ~SPAWN_STDIN_PIPE) || perr) {
+    const uint32_t known = SPAWN_STDIN_PIPE | SPAWN_OUTPUT_CAP;
+    if (channel == 0 || find_channel(channel) || (flags & ~known) || perr) {
         free_exec_args(&a);
         if (channel == 0)
             return send_error(channel, EINVAL, "SPAWN needs a non-zero channel");
         if (find_channel(channel))
             return send_error(channel, EBUSY, "channel %u is in use", channel);
-        if (flags & ~SPAWN_STDIN_PIPE)
+        if (flags & ~known)
             return send_error(channel, EINVAL, "unknown SPAWN flags 0x%x", flags);
         return send_error(channel, perr, perr == EINVAL ? "argv is empty" : "out of memory");
     }
@@ -1282,6 +1315,7 @@ static void handle_spawn(uint32_t channel, const unsigned char *p, uint32_t len)
     slot->in_fd = in[1];
     slot->start_us = start;
     slot->deadline_ms = timeout_ms ? now_ms() + timeout_ms : 0;
+    slot->out_cap = out_cap;
     unsigned char pidbuf[4];
     put_u32(pidbuf, (uint32_t)pid);
     send_simple(EV_STARTED, channel, pidbuf, 4);
@@ -1747,8 +1781,6 @@ struct fileop {
 
 static struct fileop fileops[MAX_FILE_OPS];
 static unsigned char filebuf[FILE_CHUNK];
-
-static uint64_t get_u64(const unsigned char *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
 
 /* openat2 refuses O_PATH with any flag but O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC. */
 static uint64_t how_flags(int flags)
