@@ -8,7 +8,7 @@
  *   await sbx.destroy();
  */
 import { type ConfigFlags, loadConfig } from "./core/config.js";
-import { CorralError } from "./core/errors.js";
+import { CorralError, checkKeys } from "./core/errors.js";
 import { LIMIT_FLAG_KEYS, type LimitFlags, limitsFromFlags } from "./core/limits.js";
 import type { ChangeWindow } from "./sandbox/file-changes.js";
 import { collectGarbage } from "./sandbox/gc.js";
@@ -70,21 +70,6 @@ const SANDBOX_KEYS = [
   "maxFileBytes",
   "onFileChanges",
 ];
-
-/**
- * A misspelt option must not be ignored in silence (`{ memory: "1g" }` would leave the
- * default 512 MiB): unknown keys are refused with the list of known ones.
- */
-function checkKeys(obj: object, known: readonly string[], what: string): void {
-  for (const k of Object.keys(obj)) {
-    if (!known.includes(k)) {
-      throw new CorralError(
-        "invalid_argument",
-        `unknown ${what} key "${k}": expected one of ${known.join(", ")}`,
-      );
-    }
-  }
-}
 
 function checkLimitKeys(limits: LimitFlags | undefined): LimitFlags {
   const l = limits ?? {};

@@ -11,7 +11,7 @@ import { doctorCommand } from "./doctor.js";
 import { type EventsFlags, eventsCommand } from "./events.js";
 import { gcCommand } from "./gc.js";
 import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
-import { EXIT_CORRAL_ERROR, reportError } from "./output.js";
+import { EXIT_CORRAL_ERROR, reportError, watchOutputPipes } from "./output.js";
 import { type RunFlags, runCommandLine } from "./run.js";
 
 function globalFlags(cmd: Command): ConfigFlags {
@@ -30,6 +30,7 @@ function globalFlags(cmd: Command): ConfigFlags {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  watchOutputPipes();
   let exitCode = 0;
   const program = new Command("corral")
     .description("Run untrusted code in ephemeral, locked-down sandboxes")

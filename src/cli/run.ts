@@ -4,7 +4,9 @@
  * with no shell: the image's Entrypoint followed by `-- ARGS...` or else by its Cmd.
  */
 import { readFile } from "node:fs/promises";
+import path from "node:path";
 import type { CorralConfig } from "../core/config.js";
+import { ensureDir } from "../core/dirs.js";
 import { CorralError } from "../core/errors.js";
 import { parseLanguage, SQL_DATABASE } from "../core/languages.js";
 import { formatBytes, LIMIT_FLAG_KEYS, type LimitFlags, limitsFromFlags } from "../core/limits.js";
@@ -15,6 +17,7 @@ import {
   parseWorkdir,
   planHostInputs,
 } from "../core/run-options.js";
+import type { ChangedFile } from "../sandbox/files-out.js";
 import { collectGarbage } from "../sandbox/gc.js";
 import { openHost } from "../sandbox/host.js";
 import { checkHostInput } from "../sandbox/host-inputs.js";
@@ -22,7 +25,7 @@ import { loadImageRef } from "../sandbox/image-ref.js";
 import { checkHostPrerequisites } from "../sandbox/prerequisites.js";
 import { type RunProgram, type RunResult, runCode } from "../sandbox/run-code.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
-import { EXIT_OOM, EXIT_TIMEOUT, reportError } from "./output.js";
+import { EXIT_OOM, EXIT_SIGPIPE, EXIT_TIMEOUT, onStdoutClosed, reportError } from "./output.js";
 
 export interface RunFlags extends LimitFlags {
   lang?: string;
@@ -54,6 +57,15 @@ async function readCode(source: { file: string } | { code: string }): Promise<st
     );
   }
 }
+
+/** Why a file the run wrote was not copied out, in words. */
+const SKIP_REASONS: Record<NonNullable<ChangedFile["skipped"]>, string> = {
+  too_large: "larger than the per-file cap",
+  unsafe_name: "its name cannot be written safely on the host",
+  unchanged: "an input the run left unchanged",
+  total_cap: "past the total cap (the disk limit)",
+  too_deep: "nested too deep",
+};
 
 /** The exit code `corral run` returns for a result: the program's, or 124/137 when killed. */
 export function exitCodeForResult(r: Pick<RunResult, "killed" | "exitCode">): number {
@@ -99,6 +111,10 @@ export async function runCommandLine(
       input.dest === SQL_DATABASE && input.source === flags.db ? "--db" : "--in",
     );
   }
+  // --out: absolute from here on, and usable before anything runs (not a file, not under
+  // /proc): a run that could not deliver its files should not start.
+  const outDir = flags.out !== undefined ? path.resolve(flags.out) : undefined;
+  if (outDir !== undefined) await ensureDir(outDir, "choose another --out directory", 0o755);
   await checkHostPrerequisites(config, limits);
   const image = await loadImageRef(config, flags.image);
   // A program (not code) runs as `docker run` runs it: after the image's Entrypoint, in its
@@ -118,12 +134,12 @@ export async function runCommandLine(
     const signal = interrupted ?? "SIGTERM";
     const done = () => {
       host.close();
-      process.exit(signal === "SIGINT" ? 130 : 143);
+      process.exit(signal === "SIGINT" ? 130 : signal === "SIGPIPE" ? EXIT_SIGPIPE : 143);
     };
     if (sandbox) sandbox.destroy().then(done, done);
     else done();
   };
-  // Ctrl-C and SIGTERM destroy the sandbox before exiting. While it is being created,
+  // Ctrl-C, SIGTERM and a closed stdout destroy the sandbox before exiting. While it is being created,
   // the signal waits for creation to end (or fail, which cleans up after itself).
   const onSignal = (signal: NodeJS.Signals) => {
     if (interrupted) return;
@@ -132,6 +148,8 @@ export async function runCommandLine(
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  // Our stdout's reader went away (`| head`): the program goes, as SIGPIPE would end it.
+  const offStdoutClosed = onStdoutClosed(() => onSignal("SIGPIPE"));
   try {
     await collectGarbage(host, { dryRun: false });
     if (interrupted) finishInterrupted(null);
@@ -145,7 +163,7 @@ export async function runCommandLine(
       ...(hostInputs.length > 0 ? { hostInputs } : {}),
       // -i: the CLI's stdin, forwarded as it arrives (the program sees its end when ours ends).
       ...(flags.interactive ? { stdin: process.stdin } : {}),
-      ...(flags.out ? { outDir: flags.out } : {}),
+      ...(outDir !== undefined ? { outDir } : {}),
       onSandbox: (s) => {
         active = s;
         creating = false;
@@ -179,10 +197,17 @@ export async function runCommandLine(
           `corral: killed: out of memory (limit ${formatBytes(limits.memoryBytes)})\n`,
         );
       }
-      if (flags.out) {
+      if (outDir !== undefined) {
         const copied = result.files.filter((f) => f.copied);
         if (copied.length > 0)
           process.stderr.write(`corral: copied ${copied.length} file(s) to ${flags.out}\n`);
+        const skipped = result.files.filter((f) => f.skipped !== undefined);
+        for (const f of skipped.slice(0, 10)) {
+          process.stderr.write(`corral: not copied: ${f.path} (${SKIP_REASONS[f.skipped!]})\n`);
+        }
+        if (skipped.length > 10) {
+          process.stderr.write(`corral: not copied: ${skipped.length - 10} more (see --json)\n`);
+        }
       }
     }
     return exitCodeForResult(result);
@@ -192,6 +217,7 @@ export async function runCommandLine(
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    offStdoutClosed();
     // The program is gone: stop reading our stdin, or an open pipe keeps the CLI alive.
     if (flags.interactive) process.stdin.destroy();
     // Let the layer pool finish the entry it is making (it started while the sandbox was

@@ -11,6 +11,8 @@ import { CorralError } from "./errors.js";
 export async function ensureDir(
   dir: string,
   hint = "choose another --data-dir / --image-dir",
+  /** For the directories made (before the umask): state directories are 0711. */
+  mode = 0o711,
 ): Promise<void> {
   const target = path.resolve(dir);
   const missing: string[] = [];
@@ -36,7 +38,7 @@ export async function ensureDir(
   }
   for (const d of missing) {
     try {
-      await mkdir(d, { mode: 0o711 });
+      await mkdir(d, { mode });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "EEXIST") continue;
       throw dirError(target, d, err, hint);

@@ -86,3 +86,18 @@ export function quoteBytes(bytes: Uint8Array): string {
   }
   return `"${out}"`;
 }
+
+/**
+ * A misspelt option must not be ignored in silence (`{ memory: "1g" }` would leave the
+ * default 512 MiB): unknown keys are refused with the list of known ones.
+ */
+export function checkKeys(obj: object, known: readonly string[], what: string): void {
+  for (const k of Object.keys(obj)) {
+    if (!known.includes(k)) {
+      throw new CorralError(
+        "invalid_argument",
+        `unknown ${what} key "${k}": expected one of ${known.join(", ")}`,
+      );
+    }
+  }
+}

@@ -19,6 +19,7 @@ import type { CallDone, ContextChannel, ExitInfo } from "../supervisor/client.js
 import { type StreamResult, streamResult } from "./run-code.js";
 import type { CgroupUsage } from "./runtime/cgroups.js";
 import { CappedOutput, type Sandbox } from "./sandbox.js";
+import type { SessionEndReason } from "./session.js";
 import { type DecodedChunk, Utf8Stream } from "./utf8-stream.js";
 
 /** One rich output of a call, in Jupyter's shape. */
@@ -92,9 +93,25 @@ export interface ContextHost {
   usage(): Promise<CgroupUsage>;
   /** The sandbox was killed from inside (the sweeps failed): the session is over. */
   onSandboxKilled(): void;
+  /** Why the session ended, once it has (a call cut short by that says so). */
+  endReason(): SessionEndReason | null;
 }
 
 const KERNEL_START_TIMEOUT_MS = 60_000;
+
+/** Why a call's sandbox went away under it, for the call's error. */
+export function sandboxGoneMessage(reason: SessionEndReason | null): string {
+  switch (reason) {
+    case "timeout":
+      return "the session reached its timeout (timeoutMs) and was destroyed during the call: its state is gone";
+    case "destroyed":
+      return "the session was destroyed during the call: its state is gone";
+    case "idle":
+      return "the session idled out during the call: its state is gone";
+    default:
+      return "the call's processes could not be stopped at its deadline: the sandbox was killed and its state lost";
+  }
+}
 /** Per call: rich outputs kept (beyond them, a marker says how many were dropped). */
 export const MAX_RESULTS = 1000;
 export const MAX_RESULT_BYTES = 64 * 1024 * 1024;
@@ -343,7 +360,7 @@ export class CodeContext {
       error = {
         ename: done.sandboxKilled ? "SandboxKilled" : "KernelDied",
         evalue: done.sandboxKilled
-          ? "the call's processes could not be stopped at its deadline: the sandbox was killed and its state lost"
+          ? sandboxGoneMessage(this.host.endReason())
           : done.timedOut && exit?.how === "signaled" && exit.code === 9 && !oom
             ? `the ${this.language} kernel did not stop at the deadline and was killed; its state was lost, the next call starts a fresh kernel`
             : describeKernelExit(this.language, exit),

@@ -86,13 +86,16 @@ export async function collectChangedFiles(
   const cap = options.fileCapBytes ?? DEFAULT_FILE_CAP_BYTES;
   let budget = options.totalCapBytes ?? Number.POSITIVE_INFINITY;
   const found: ChangedFile[] = [];
+  // Absolute from here on: every destination is checked against it. And made before the
+  // layer is opened, so that an unusable one fails with nothing of the layer held open.
+  const outDir = options.outDir === undefined ? undefined : path.resolve(options.outDir);
+  if (outDir) await ensureDir(outDir, "choose another --out directory", 0o755);
   let top: FileHandle;
   try {
     top = await open(upperWork, DIR_FLAGS);
   } catch {
     return found; // nothing under /work was written, or /work was replaced by a link
   }
-  if (options.outDir) await ensureDir(options.outDir, "choose another --out directory");
 
   const walk = async (dir: FileHandle, rel: string, depth: number): Promise<void> => {
     const entries = await readdir(`/proc/self/fd/${dir.fd}`, {
@@ -134,7 +137,7 @@ export async function collectChangedFiles(
         const seen = await takeFile(at, childRel, cap, Number.POSITIVE_INFINITY, undefined);
         if (options.unchanged?.has(`${childRel}\0${seen.sha256}`)) continue;
       }
-      const taken = await takeFile(at, childRel, cap, budget, options.outDir);
+      const taken = await takeFile(at, childRel, cap, budget, outDir);
       if (taken.copied || taken.sha256 !== undefined) budget -= taken.size;
       found.push(taken);
     }
@@ -171,7 +174,7 @@ async function takeFile(
     let out: FileHandle | null = null;
     if (outDir) {
       const dest = path.join(outDir, rel);
-      if (!dest.startsWith(path.resolve(outDir) + path.sep)) {
+      if (!dest.startsWith(outDir + path.sep)) {
         return { path: rel, size: st.size, copied: false, skipped: "unsafe_name" };
       }
       await mkdirNoFollow(outDir, path.dirname(rel));

@@ -351,6 +351,7 @@ export class Session {
       onSandboxKilled: () => {
         void this.end("sandbox_killed");
       },
+      endReason: () => this.ended,
     };
   }
 

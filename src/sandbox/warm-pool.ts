@@ -10,12 +10,28 @@
 import { createHash } from "node:crypto";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { CorralError } from "../core/errors.js";
+import { CorralError, checkKeys } from "../core/errors.js";
 import type { Limits } from "../core/limits.js";
 import type { ImageRef } from "../core/sandbox.js";
 import type { ContextLanguage } from "../kernels/kernels.js";
 import type { Host } from "./host.js";
 import { type AdoptOptions, Session } from "./session.js";
+
+/**
+ * What a caller brings to `take`: the same names as createSandbox's (`idleTtl` in ms;
+ * `idleTtlMs` is its older name, still taken).
+ */
+export type TakeOptions = AdoptOptions & { idleTtl?: number };
+
+const TAKE_KEYS = [
+  "envs",
+  "metadata",
+  "timeoutMs",
+  "idleTtl",
+  "idleTtlMs",
+  "onEnd",
+  "onFileChanges",
+] as const;
 
 export interface WarmPoolSpec {
   image: ImageRef;
@@ -65,6 +81,8 @@ export class WarmPool {
   private failures = 0;
   private lastError: string | null = null;
   private closed = false;
+  /** close() has finished: no refill runs and no sandbox waits. */
+  private drained = false;
   private filling: Promise<void> | null = null;
   /** Three creations in a row failed: wait for the next hand-out to try again. */
   private gaveUp = false;
@@ -149,8 +167,17 @@ export class WarmPool {
    * A sandbox for a caller: a pooled one if one is ready (adopted with the caller's
    * options), else a fresh one (a miss). Either way the pool refills behind it.
    */
-  async take(opts: AdoptOptions = {}): Promise<Session> {
+  async take(options: TakeOptions = {}): Promise<Session> {
     if (this.closed) throw new CorralError("invalid_argument", "the warm pool is closed");
+    checkKeys(options, TAKE_KEYS, "take options");
+    const { idleTtl, ...rest } = options;
+    let opts: AdoptOptions = rest;
+    if (idleTtl !== undefined) {
+      if (rest.idleTtlMs !== undefined && rest.idleTtlMs !== idleTtl) {
+        throw new CorralError("invalid_argument", "give idleTtl or idleTtlMs, not both");
+      }
+      opts = { ...rest, idleTtlMs: idleTtl };
+    }
     this.gaveUp = false;
     const userOnEnd = opts.onEnd;
     let session: Session | null = null;
@@ -167,8 +194,13 @@ export class WarmPool {
     return session;
   }
 
+  /**
+   * The host goes once the pool is closed (its refill ended, its waiting sandboxes gone:
+   * `drained`) and every session it handed out has ended, whichever comes last. Before
+   * that, a session ending must not take the host from under a refill still creating.
+   */
   private maybeRelease(): void {
-    if (this.closed && this.live.size === 0 && this.releaseHost) {
+    if (this.drained && this.live.size === 0 && this.releaseHost) {
       const release = this.releaseHost;
       this.releaseHost = null;
       release();
@@ -239,6 +271,7 @@ export class WarmPool {
     const waiting = this.ready.splice(0);
     await Promise.all(waiting.map((s) => s.destroy().catch(() => undefined)));
     rmSync(this.stateFile, { force: true });
+    this.drained = true;
     this.maybeRelease();
   }
 }

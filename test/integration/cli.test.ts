@@ -148,6 +148,77 @@ describe("corral run", () => {
     expect(existsSync(path.join(out, "fifo"))).toBe(false);
   });
 
+  it("a relative --out is the caller's directory; skipped files are named in text mode", async () => {
+    const cwd = mkdtempSync(path.join(dataDir, "cwd-"));
+    const r = await new Promise<Ran>((resolve) =>
+      execFile(
+        process.execPath,
+        [
+          CLI,
+          "--data-dir",
+          dataDir,
+          "run",
+          "--lang",
+          "shell",
+          "--out",
+          "out",
+          "-c",
+          "echo a > a.txt; mkdir -p d; echo b > d/b.txt; printf x > $(printf 'bad\\377name')",
+        ],
+        { cwd, timeout: 120_000 },
+        (err, stdout, stderr) =>
+          resolve({
+            code: err ? ((err as { code?: number }).code ?? null) : 0,
+            signal: null,
+            stdout,
+            stderr,
+          }),
+      ),
+    );
+    expect(r.code).toBe(0);
+    expect(readFileSync(path.join(cwd, "out/a.txt"), "utf8")).toBe("a\n");
+    expect(readFileSync(path.join(cwd, "out/d/b.txt"), "utf8")).toBe("b\n");
+    expect(r.stderr).toMatch(/^corral: copied 2 file\(s\) to out$/m);
+    expect(r.stderr).toMatch(/^corral: not copied: bad.*name \(its name cannot be written safely/m);
+  });
+
+  it("an --out that cannot be a directory is refused before anything runs", async () => {
+    const file = path.join(dataDir, "a-file");
+    writeFileSync(file, "x");
+    for (const out of [file, path.join(file, "below"), "/proc/corral-out"]) {
+      const t = performance.now();
+      const r = await corral(dataDir, ["run", "--lang", "shell", "--out", out, "-c", "echo hi"]);
+      oneLineError(r);
+      expect(r.stderr).toMatch(/choose another --out directory/);
+      expect(r.stdout).toBe("");
+      expect(performance.now() - t).toBeLessThan(2000);
+    }
+    expect(await gcFinds(dataDir)).toEqual([]);
+  });
+
+  it("a reader that goes away (| head) ends the run like SIGPIPE: no trace, nothing left", async () => {
+    for (const program of ["seq 1000000", "yes"]) {
+      const t = performance.now();
+      const r = await new Promise<Ran>((resolve) =>
+        execFile(
+          "sh",
+          [
+            "-c",
+            `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" run -- ${program} | head -1; echo "rc=\${?}"`,
+          ],
+          { timeout: 60_000 },
+          (err, stdout, stderr) => resolve({ code: err ? 1 : 0, signal: null, stdout, stderr }),
+        ),
+      );
+      expect(r.stdout, program).toMatch(/^(1|y)\nrc=0\n$/);
+      expect(r.stderr, program).toBe("");
+      // `yes` never ends by itself: the closed pipe ended it, not the run's timeout.
+      expect(performance.now() - t, program).toBeLessThan(15_000);
+    }
+    expect(await runcList(dataDir)).toEqual([]);
+    expect(await gcFinds(dataDir)).toEqual([]);
+  });
+
   it.each([
     [["run", "--lang", "cobol", "-c", "x"], /unknown language "cobol"/],
     [["run", "--lang", "python", "--mem", "lots", "-c", "x"], /memory/],

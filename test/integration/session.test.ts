@@ -427,6 +427,8 @@ describe("session lifetime", () => {
     const r = await s.runCode("sleep 5; echo never", { language: "shell", timeoutMs: 10_000 });
     expect(r.stdout.text).toBe("");
     expect(s.endReason).toBe("timeout");
+    // The call says what ended it: the session's deadline, not a failure of its own.
+    expect(r.error?.evalue).toMatch(/session reached its timeout \(timeoutMs\)/);
     await expect(s.commands.run("true")).rejects.toThrow(/has ended \(timeout\)/);
   });
 

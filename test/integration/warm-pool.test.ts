@@ -5,9 +5,12 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadConfig } from "../../src/core/config.js";
 import { DEFAULT_LIMITS } from "../../src/core/limits.js";
+import { openHost } from "../../src/sandbox/host.js";
+import { mountsUnder } from "../../src/sandbox/runtime/mounts.js";
 import { poolKey, WarmPool } from "../../src/sandbox/warm-pool.js";
-import { type TestEnv, testEnv } from "../helpers/sandbox.js";
+import { type TestEnv, testDataDir, testEnv } from "../helpers/sandbox.js";
 
 let env: TestEnv;
 beforeAll(async () => {
@@ -114,8 +117,64 @@ describe("warm pool", () => {
       await pool.whenFull();
       await expect(pool.take({ envs: { "BAD NAME": "x" } })).rejects.toThrow(/invalid environment/);
       await expect(pool.take({ idleTtlMs: -5 })).rejects.toThrow(/positive/);
+      // A misspelt option is refused, not ignored; both names of the idle time must agree.
+      await expect(pool.take({ idleTTL: 5 } as never)).rejects.toThrow(
+        /unknown take options key "idleTTL"/,
+      );
+      await expect(pool.take({ idleTtl: 5, idleTtlMs: 6 })).rejects.toThrow(/not both/);
     } finally {
       await pool.close();
+    }
+  });
+
+  it("take takes createSandbox's idleTtl", async () => {
+    const pool = new WarmPool(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+      size: 1,
+    });
+    try {
+      await pool.whenFull();
+      const s = await pool.take({ idleTtl: 400 });
+      const deadline = Date.now() + 10_000;
+      while (s.endReason === null && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
+      expect(s.endReason).toBe("idle");
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it("closed while a taken session is still being destroyed: the host goes only after the refill", async () => {
+    // A host of its own, which the pool closes when it releases it (as createWarmPool's).
+    const config = loadConfig({ dataDir: testDataDir("warm-release") });
+    const host = await openHost(config);
+    let released = false;
+    const pool = new WarmPool(
+      host,
+      { image: env.image, limits: { ...DEFAULT_LIMITS }, size: 1 },
+      () => {
+        released = true;
+        host.close();
+      },
+    );
+    await pool.whenFull();
+    const s = await pool.take();
+    // The take started a refill; the session's end would release the host at once.
+    const destroyed = s.destroy();
+    await pool.close();
+    await destroyed;
+    const deadline = Date.now() + 10_000;
+    while (!released && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(released).toBe(true);
+    // Nothing of the refill (or anything else) was left behind by a host closed under it.
+    const check = await openHost(config);
+    try {
+      expect(await check.runtime.list()).toEqual([]);
+      expect(await mountsUnder(config.dataDir)).toEqual([]);
+      expect(readdirSync(check.sandboxesDir)).toEqual([]);
+    } finally {
+      check.close();
     }
   });
 });
