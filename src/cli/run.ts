@@ -7,7 +7,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { CorralConfig } from "../core/config.js";
 import { ensureDir } from "../core/dirs.js";
-import { CorralError } from "../core/errors.js";
+import { asCorralError, CorralError } from "../core/errors.js";
 import { parseLanguage, SQL_DATABASE } from "../core/languages.js";
 import { formatBytes, LIMIT_FLAG_KEYS, type LimitFlags, limitsFromFlags } from "../core/limits.js";
 import {
@@ -213,6 +213,12 @@ export async function runCommandLine(
     return exitCodeForResult(result);
   } catch (err) {
     if (interrupted) finishInterrupted(null);
+    if (flags.json) {
+      // A caller that parses stdout gets the failure as JSON too (and the line on stderr).
+      const e = asCorralError(err);
+      const error = { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) };
+      process.stdout.write(`${JSON.stringify({ error }, null, 2)}\n`);
+    }
     return reportError(err);
   } finally {
     process.off("SIGINT", onSignal);

@@ -167,6 +167,28 @@ describe("isolation", () => {
     expect(r.stdout.text).toBe("end\n");
   });
 
+  it("block devices are not listed: no neighbour's layer file, no disk's I/O counters", async () => {
+    const neighbour = await Sandbox.create(env.host, {
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+    });
+    try {
+      const r = await env.run(
+        "shell",
+        [
+          "cat /sys/block/loop*/loop/backing_file /sys/devices/virtual/block/loop*/loop/backing_file 2>/dev/null",
+          "ls /sys/block /sys/class/block /sys/devices/virtual/block | wc -w",
+          "wc -c < /proc/diskstats",
+          "echo end",
+        ].join("; "),
+      );
+      expect(r.stdout.text).toBe("0\n0\nend\n");
+      expect(r.stdout.text).not.toContain(neighbour.id);
+    } finally {
+      await neighbour.destroy();
+    }
+  });
+
   it("neighbours-isolated: processes, files, abstract sockets and network", async () => {
     const a = await Sandbox.create(env.host, { image: env.image, limits: { ...DEFAULT_LIMITS } });
     const b = await Sandbox.create(env.host, { image: env.image, limits: { ...DEFAULT_LIMITS } });

@@ -61,10 +61,16 @@ export interface OciConfig {
   };
 }
 
-/** Paths under /proc and /sys that leak host information or allow host writes: hidden. */
+/**
+ * Paths under /proc and /sys that leak host information or allow host writes: hidden.
+ * The block-device views among them (diskstats, /sys/block, the block class and the
+ * virtual block devices) would name other sandboxes' layer files (a loop device's
+ * backing_file) and show every disk's I/O counters, a side channel on the neighbours.
+ */
 export const MASKED_PATHS = [
   "/proc/acpi",
   "/proc/asound",
+  "/proc/diskstats",
   "/proc/interrupts",
   "/proc/kcore",
   "/proc/keys",
@@ -73,6 +79,9 @@ export const MASKED_PATHS = [
   "/proc/scsi",
   "/proc/timer_list",
   "/proc/timer_stats",
+  "/sys/block",
+  "/sys/class/block",
+  "/sys/devices/virtual/block",
   "/sys/devices/virtual/powercap",
   "/sys/firmware",
 ] as const;
