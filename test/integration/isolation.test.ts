@@ -177,7 +177,7 @@ describe("isolation", () => {
         "shell",
         [
           "cat /sys/block/loop*/loop/backing_file /sys/devices/virtual/block/loop*/loop/backing_file 2>/dev/null",
-          "ls /sys/block /sys/class/block /sys/devices/virtual/block | wc -w",
+          "for d in /sys/block /sys/class/block /sys/devices/virtual/block; do ls -A $d; done | wc -w",
           "wc -c < /proc/diskstats",
           "echo end",
         ].join("; "),
