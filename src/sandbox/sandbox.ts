@@ -545,6 +545,8 @@ export class Sandbox {
         req.timeoutMs > 0
           ? setTimeout(() => {
               backstopFired = true;
+              // As at stop: a process blocked in throttled I/O would outlive the kill.
+              if (this.blockIo !== undefined) this.cgroup.liftIoThrottles();
               void this.host.runtime.kill(this.id);
             }, req.timeoutMs + BACKSTOP_GRACE_MS)
           : null;
@@ -613,12 +615,15 @@ export class Sandbox {
     this.stopped = true;
     this.client?.close();
     this.client = null;
+    // A process blocked in throttled I/O cannot die until its I/O is done: lift the
+    // throttles first, so that the kill takes at once (no code of the sandbox's runs on).
+    if (this.blockIo !== undefined) this.cgroup.liftIoThrottles();
     // Kill first, then delete (at destroy): `runc delete --force` of a running container
     // polls for its death in 100 ms steps, while a stopped one is deleted at once.
     await phases.time("kill", () =>
       this.host.runtime.stop(this.id).then(
-        () => {
-          this.dead = true;
+        (reaped) => {
+          this.dead = reaped;
         },
         () => undefined,
       ),
@@ -747,6 +752,9 @@ export async function removeSandboxResources(
     if (unmountDone.status === "rejected") throw unmountDone.reason;
   } else {
     // It may still run: runc delete --force kills it, and only then does the layer go.
+    // Its I/O throttles go first, or a process blocked in throttled I/O outlives the kill
+    // (and holds the delete up) until its queued I/O has trickled out.
+    new CgroupReader(`/${cgroupNameFor(host.tag, id)}`).liftIoThrottles();
     await phases.time("runc_delete", () => host.runtime.remove(id));
     await unmountThenRemove();
   }

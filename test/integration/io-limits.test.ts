@@ -9,6 +9,9 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_LIMITS, MiB } from "../../src/core/limits.js";
 import { chooseLayerKind } from "../../src/core/sandbox.js";
+import { planThrottleLift } from "../../src/sandbox/runtime/block-io.js";
+import { cgroupDirsWithPrefix } from "../../src/sandbox/runtime/cgroups.js";
+import { processesInSandboxRange } from "../helpers/leaks.js";
 import { CLI, type TestEnv, testEnv } from "../helpers/sandbox.js";
 
 let env: TestEnv;
@@ -76,6 +79,45 @@ describe("I/O limits", () => {
     } finally {
       await sandbox.destroy();
     }
+  });
+
+  it("processes blocked in throttled I/O at the timeout do not outlive the run", async () => {
+    // Four processes each queue one 16 MiB direct write at 256 KiB/s: a minute of I/O
+    // each, in the kernel (D state), where no signal reaches them until it is done.
+    const code = [
+      "import mmap, os, time",
+      "buf = mmap.mmap(-1, 16 << 20)",
+      "for i in range(4):",
+      "    if os.fork() == 0:",
+      "        fd = os.open(f'/work/d{i}', os.O_WRONLY | os.O_CREAT | os.O_DIRECT)",
+      "        os.write(fd, buf)",
+      "        os._exit(0)",
+      "time.sleep(600)",
+    ].join("\n");
+    const t = performance.now();
+    const r = await env.run("python", code, { ioWriteBps: 256 * 1024, timeoutMs: 3000 });
+    const took = performance.now() - t;
+    expect(r.killed).toBe("timeout");
+    // The timeout ends the run; the stop lifts the throttles, so the blocked writers die
+    // at once (without that, the stop waits 5 s for them, then falls back to runc).
+    expect(took).toBeLessThan(7000);
+    expect(processesInSandboxRange([env.host.tag])).toEqual([]);
+    expect(await env.host.runtime.list()).toEqual([]);
+    expect(await cgroupDirsWithPrefix(`corral-${env.host.tag}-`)).toEqual([]);
+  }, 60_000);
+
+  it("planThrottleLift: a rate of 0 per device on v1, max for all four on v2", () => {
+    const seen = { rbps: { "7:1": 4096 }, wbps: { "7:1": 4096, "253:0": 8 }, riops: {}, wiops: {} };
+    expect(planThrottleLift(1, seen)).toEqual([
+      { key: "ioReadBps", line: "7:1 0" },
+      { key: "ioWriteBps", line: "253:0 0" },
+      { key: "ioWriteBps", line: "7:1 0" },
+    ]);
+    expect(planThrottleLift(2, seen)).toEqual([
+      { key: "io.max", line: "253:0 rbps=max wbps=max riops=max wiops=max" },
+      { key: "io.max", line: "7:1 rbps=max wbps=max riops=max wiops=max" },
+    ]);
+    expect(planThrottleLift(1, { rbps: {}, wbps: {}, riops: {}, wiops: {} })).toEqual([]);
   });
 
   it("corral run takes the --io-* flags and refuses a bad one in one line", async () => {

@@ -187,6 +187,33 @@ export function parseIoMax(text: string | null): IoThrottleSeen {
   return seen;
 }
 
+/**
+ * The writes that lift every throttle a cgroup shows (`seen`, as ioThrottlesNow read it):
+ * on v1 a rate of 0 removes a device's rule; on v2 `max` does. Used when a sandbox is
+ * being killed: a process blocked in throttled I/O (D state) cannot die until its I/O is
+ * done, and at 256 KiB/s a few queued megabytes would keep it, its cgroup and its loop
+ * device for minutes after destroy. The sandbox runs no code of its own by then.
+ */
+export function planThrottleLift(
+  version: 1 | 2,
+  seen: IoThrottleSeen,
+): { key: IoLimitKey | "io.max"; line: string }[] {
+  const writes: { key: IoLimitKey | "io.max"; line: string }[] = [];
+  if (version === 2) {
+    const devices = new Set(IO_LIMIT_KEYS.flatMap((k) => Object.keys(seen[THROTTLES[k].v2])));
+    for (const dev of [...devices].sort()) {
+      writes.push({ key: "io.max", line: `${dev} rbps=max wbps=max riops=max wiops=max` });
+    }
+    return writes;
+  }
+  for (const key of IO_LIMIT_KEYS) {
+    for (const dev of Object.keys(seen[THROTTLES[key].v2]).sort()) {
+      writes.push({ key, line: `${dev} 0` });
+    }
+  }
+  return writes;
+}
+
 /** Each planned throttle that the cgroup does not show at exactly its rate. */
 export function missingThrottles(plan: OciBlockIo | undefined, seen: IoThrottleSeen): string[] {
   const missing: string[] = [];

@@ -12,6 +12,7 @@ import {
   type IoThrottleSeen,
   parseIoMax,
   parseV1Throttle,
+  planThrottleLift,
   THROTTLES,
 } from "./block-io.js";
 
@@ -164,6 +165,19 @@ export class CgroupReader {
 
   async ioThrottles(): Promise<IoThrottleSeen> {
     return this.ioThrottlesNow();
+  }
+
+  /** Lift every I/O throttle of the cgroup (see planThrottleLift); never throws. */
+  liftIoThrottles(): void {
+    for (const w of planThrottleLift(this.version, this.ioThrottlesNow())) {
+      const file =
+        w.key === "io.max" ? this.file("", "io.max") : this.file("blkio", THROTTLES[w.key].v1File);
+      try {
+        writeFileSync(file, w.line);
+      } catch {
+        // gone already, or not ours to change: the kill goes on regardless
+      }
+    }
   }
 }
 

@@ -24,10 +24,11 @@ export interface Runtime {
   start(args: { id: string; bundle: string; socketPath: string; logPath: string }): Promise<void>;
   kill(id: string): Promise<void>;
   /**
-   * Stop the container: kill every process in it and wait until they are reaped. The
-   * container still has to be removed.
+   * Stop the container: kill every process in it. Resolves true once they are known
+   * reaped (our shim saw its init go), false when it could only signal them (runc kill).
+   * The container still has to be removed.
    */
-  stop(id: string): Promise<void>;
+  stop(id: string): Promise<boolean>;
   remove(id: string): Promise<void>;
   list(): Promise<RuntimeContainer[]>;
 }
@@ -164,7 +165,7 @@ export class RuncRuntime implements Runtime {
     await runCommand([...this.base(), "kill", "--all", id, "KILL"]);
   }
 
-  async stop(id: string): Promise<void> {
+  async stop(id: string): Promise<boolean> {
     // Our own shim stops it with no runc process and no polling: on SIGTERM it SIGKILLs
     // the container's init, its child (see shim_on_term), reaps everything and exits.
     // Node keeps the shim unreaped until its exit event, so its pid is safe to signal.
@@ -172,12 +173,14 @@ export class RuncRuntime implements Runtime {
     const gone = this.shims.get(id);
     if (shim && gone && shim.exitCode === null && shim.signalCode === null) {
       shim.kill("SIGTERM");
-      if ((await within(gone, 5000)) && this.reaped.has(id)) return;
+      if ((await within(gone, 5000)) && this.reaped.has(id)) return true;
     } else if (this.reaped.has(id)) {
-      return; // it died by itself and the shim reaped it
+      return true; // it died by itself and the shim reaped it
     }
-    // A container started by another process (gc), or a shim that did not answer.
+    // A container started by another process (gc), or a shim that did not answer in
+    // time (a process stuck in the kernel): signalled, not known gone.
     await this.kill(id);
+    return false;
   }
 
   async remove(id: string): Promise<void> {
