@@ -71,6 +71,32 @@ export function eventHash(prevHash: string, e: Omit<StoredEvent, "hash" | "prevH
   return createHash("sha256").update(prevHash).update("\n").update(body).digest("hex");
 }
 
+/** The most an event's details may take as canonical JSON; past it they are summarised. */
+export const MAX_EVENT_DETAILS_CHARS = 256 * 1024;
+
+/**
+ * An event's details as they will be stored: as given when their canonical JSON fits in
+ * MAX_EVENT_DETAILS_CHARS; otherwise (or when they cannot be serialised at all: a string
+ * past V8's limit) their top-level numbers, booleans and short strings, with a note of
+ * what was left out. So no event can be too large to record, and none (deferred with
+ * others) can keep the rest of its batch from being committed.
+ */
+export function boundedDetails(details: Record<string, unknown>): Record<string, unknown> {
+  let chars: number | null;
+  try {
+    chars = canonicalJson(details).length;
+  } catch {
+    chars = null;
+  }
+  if (chars !== null && chars <= MAX_EVENT_DETAILS_CHARS) return details;
+  const kept: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(details)) {
+    if (typeof v === "number" || typeof v === "boolean" || v === null) kept[k] = v;
+    else if (typeof v === "string" && v.length <= 1024) kept[k] = v;
+  }
+  return { ...kept, detailsOmitted: { chars, limit: MAX_EVENT_DETAILS_CHARS } };
+}
+
 export class EventLog {
   private readonly head;
   private readonly insert;
@@ -108,6 +134,7 @@ export class EventLog {
 
   /** Append an event (and any deferred before it), durably: one transaction, one fsync. */
   emit(input: EventInput): StoredEvent {
+    input = { ...input, details: boundedDetails(input.details) };
     const batch = [...this.pending, { input, time: new Date().toISOString() }];
     const stored = this.append.immediate(batch);
     this.pending = []; // only once committed: a failed commit keeps them for the next
@@ -122,6 +149,7 @@ export class EventLog {
    * no one ever sees an outcome whose record is not yet durable.
    */
   defer(input: EventInput): void {
+    input = { ...input, details: boundedDetails(input.details) };
     this.pending.push({ input, time: new Date().toISOString() });
   }
 

@@ -19,11 +19,17 @@ export function exitCodeFor(err: CorralError): number {
   return EXIT_CODES[err.code] ?? EXIT_CORRAL_ERROR;
 }
 
+/** A message of at most 600 characters: a path from a sandbox can be kilobytes long. */
+function shortened(message: string): string {
+  const oneLine = message.replace(/\s*\n\s*/g, "; ");
+  return oneLine.length <= 600 ? oneLine : `${oneLine.slice(0, 400)}…${oneLine.slice(-150)}`;
+}
+
 /** One line on stderr: what is wrong and how to fix it. The stack goes to the debug log only. */
 export function reportError(err: unknown): number {
   const e = asCorralError(err);
   const hint = e.hint ? ` (${e.hint})` : "";
-  process.stderr.write(`corral: ${e.message}${hint}\n`);
+  process.stderr.write(`corral: ${shortened(e.message)}${hint}\n`);
   if (process.env.CORRAL_DEBUG && e.cause instanceof Error && e.cause.stack) {
     process.stderr.write(`${e.cause.stack}\n`);
   } else if (process.env.CORRAL_DEBUG && e.stack) {

@@ -29,6 +29,12 @@ export interface ChangedFile {
 
 export const DEFAULT_FILE_CAP_BYTES = 256 * 1024 * 1024;
 const MAX_FILES = 10_000;
+/**
+ * All the paths reported together, in characters: 10,000 files 64 levels deep in 255-byte
+ * names would otherwise be 160 M characters of names on the host (and in the run's
+ * result and event). Past it the walk stops, as it does past MAX_FILES.
+ */
+export const MAX_TOTAL_PATH_CHARS = 4 * 1024 * 1024;
 /** Deeper than this is not walked (and each level holds one descriptor). */
 export const MAX_DEPTH = 64;
 
@@ -97,6 +103,7 @@ export async function collectChangedFiles(
     return found; // nothing under /work was written, or /work was replaced by a link
   }
 
+  let pathChars = 0;
   const walk = async (dir: FileHandle, rel: string, depth: number): Promise<void> => {
     const entries = await readdir(`/proc/self/fd/${dir.fd}`, {
       withFileTypes: true,
@@ -104,11 +111,12 @@ export async function collectChangedFiles(
     });
     entries.sort((a, b) => Buffer.compare(a.name, b.name));
     for (const entry of entries) {
-      if (found.length >= MAX_FILES) return;
+      if (found.length >= MAX_FILES || pathChars >= MAX_TOTAL_PATH_CHARS) return;
       if (!entry.isDirectory() && !entry.isFile()) continue; // links, FIFOs, devices, whiteouts
       const name = nameOf(entry.name);
       const shown = name ?? escapeName(entry.name);
       const childRel = rel === "" ? shown : `${rel}/${shown}`;
+      pathChars += childRel.length;
       if (name === null || !isSafeRelativePath(childRel)) {
         found.push({ path: childRel, size: 0, copied: false, skipped: "unsafe_name" });
         continue;
@@ -177,7 +185,13 @@ async function takeFile(
       if (!dest.startsWith(outDir + path.sep)) {
         return { path: rel, size: st.size, copied: false, skipped: "unsafe_name" };
       }
-      await mkdirNoFollow(outDir, path.dirname(rel));
+      try {
+        await mkdirNoFollow(outDir, path.dirname(rel));
+      } catch (err) {
+        // A name the host's file system cannot hold (a path past PATH_MAX): not copied.
+        if ((err as NodeJS.ErrnoException).code !== "ENAMETOOLONG") throw err;
+        return { path: rel, size: st.size, copied: false, skipped: "unsafe_name" };
+      }
       try {
         out = await open(
           dest,
@@ -185,6 +199,9 @@ async function takeFile(
           0o644,
         );
       } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENAMETOOLONG") {
+          return { path: rel, size: st.size, copied: false, skipped: "unsafe_name" };
+        }
         if ((err as NodeJS.ErrnoException).code !== "ELOOP") throw err;
         throw new CorralError(
           "invalid_argument",

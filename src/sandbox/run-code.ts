@@ -107,6 +107,22 @@ export function streamResult(bytes: Buffer, total: number): StreamResult {
   return out;
 }
 
+/** At most this many of a run's files are named in its exec event, each path at most so long. */
+const MAX_FILES_IN_EVENT = 1000;
+const MAX_PATH_IN_EVENT = 1024;
+
+/** A run's files for its exec event: bounded, with the full count. */
+function filesForEvent(files: readonly ChangedFile[]): Record<string, unknown> {
+  return {
+    files: files.slice(0, MAX_FILES_IN_EVENT).map((f) => ({
+      path: f.path.length > MAX_PATH_IN_EVENT ? `${f.path.slice(0, MAX_PATH_IN_EVENT)}...` : f.path,
+      size: f.size,
+      sha256: f.sha256,
+    })),
+    ...(files.length > MAX_FILES_IN_EVENT ? { filesTotal: files.length } : {}),
+  };
+}
+
 export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResult> {
   const started = performance.now();
   const cwd = req.cwd ?? "/work";
@@ -165,14 +181,52 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
         return rel === null ? [] : [`${rel}\0${c.sha256}`];
       }),
     );
-    const files = await phases.time("files", () =>
-      collectChangedFiles(sandbox.upperPath("work"), {
-        ...(req.outDir ? { outDir: req.outDir } : {}),
-        unchanged: unchangedInputs,
-        // The host never takes in more than the sandbox could hold (sparse files!).
-        totalCapBytes: req.limits.diskBytes,
-      }),
-    );
+    const durationMs = Math.round((performance.now() - started) * 10) / 10;
+    const cpuMs = outcome.usage.cpuUs === null ? null : Math.round(outcome.usage.cpuUs / 100) / 10;
+    // The run's record. Committed with the sandbox.destroy event, which the finally below
+    // always records before anything goes back to the caller; made even if bringing the
+    // files out fails, so no run that happened goes unrecorded.
+    const recordExec = (files: readonly ChangedFile[], filesError?: string) =>
+      host.events.defer({
+        principal: host.config.principal,
+        sandbox: sandbox.id,
+        kind: "exec",
+        details: {
+          // A program's name, not its arguments (they may hold secrets); variables by name.
+          ...(req.argv !== undefined
+            ? { program: req.argv[0], argc: req.argv.length }
+            : { language: req.language }),
+          ...(req.env ? { env: Object.keys(req.env) } : {}),
+          ...(req.hostInputs?.length ? { hostInputs: req.hostInputs.map((i) => i.dest) } : {}),
+          image: req.image.digest,
+          exitCode: outcome.exitCode,
+          killed: outcome.killed,
+          sandboxKilled: outcome.sandboxKilled,
+          durationMs,
+          cpuMs,
+          peakMemoryBytes: outcome.usage.peakMemoryBytes,
+          stdoutBytes: outcome.stdout.total,
+          stderrBytes: outcome.stderr.total,
+          ...filesForEvent(files),
+          ...(filesError !== undefined ? { filesError: filesError.slice(0, 1024) } : {}),
+        },
+        outcome: outcome.killed ?? (outcome.exitCode === 0 ? "ok" : "error"),
+      });
+    let files: ChangedFile[];
+    try {
+      files = await phases.time("files", () =>
+        collectChangedFiles(sandbox.upperPath("work"), {
+          ...(req.outDir ? { outDir: req.outDir } : {}),
+          unchanged: unchangedInputs,
+          // The host never takes in more than the sandbox could hold (sparse files!).
+          totalCapBytes: req.limits.diskBytes,
+        }),
+      );
+    } catch (err) {
+      recordExec([], err instanceof Error ? err.message : String(err));
+      throw err;
+    }
+    recordExec(files);
     const result: RunResult = {
       sandbox: sandbox.id,
       image: req.image.digest,
@@ -181,40 +235,14 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
       exitCode: outcome.exitCode,
       killed: outcome.killed,
       sandboxKilled: outcome.sandboxKilled,
-      durationMs: Math.round((performance.now() - started) * 10) / 10,
-      cpuMs: outcome.usage.cpuUs === null ? null : Math.round(outcome.usage.cpuUs / 100) / 10,
+      durationMs,
+      cpuMs,
       peakMemoryBytes: outcome.usage.peakMemoryBytes,
       stdout: streamResult(outcome.stdout.bytes(), outcome.stdout.total),
       stderr: streamResult(outcome.stderr.bytes(), outcome.stderr.total),
       files,
       limits: req.limits,
     };
-    // Committed with the sandbox.destroy event, which the finally below always records
-    // before the result goes back to the caller.
-    host.events.defer({
-      principal: host.config.principal,
-      sandbox: sandbox.id,
-      kind: "exec",
-      details: {
-        // A program's name, not its arguments (they may hold secrets); variables by name only.
-        ...(req.argv !== undefined
-          ? { program: req.argv[0], argc: req.argv.length }
-          : { language: req.language }),
-        ...(req.env ? { env: Object.keys(req.env) } : {}),
-        ...(req.hostInputs?.length ? { hostInputs: req.hostInputs.map((i) => i.dest) } : {}),
-        image: req.image.digest,
-        exitCode: result.exitCode,
-        killed: result.killed,
-        sandboxKilled: result.sandboxKilled,
-        durationMs: result.durationMs,
-        cpuMs: result.cpuMs,
-        peakMemoryBytes: result.peakMemoryBytes,
-        stdoutBytes: result.stdout.bytes,
-        stderrBytes: result.stderr.bytes,
-        files: files.map((f) => ({ path: f.path, size: f.size, sha256: f.sha256 })),
-      },
-      outcome: result.killed ?? (result.exitCode === 0 ? "ok" : "error"),
-    });
     return result;
   } finally {
     const destroyPhases = new PhaseTimer();

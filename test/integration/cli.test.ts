@@ -217,6 +217,21 @@ describe("corral run", () => {
     }
     expect(await runcList(dataDir)).toEqual([]);
     expect(await gcFinds(dataDir)).toEqual([]);
+    // Other commands stop writing quietly too.
+    for (const cmd of ["events --json", "doctor", "gc --dry-run"]) {
+      const r = await new Promise<Ran>((resolve) =>
+        execFile(
+          "sh",
+          [
+            "-c",
+            `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" ${cmd} | head -c 10 >/dev/null`,
+          ],
+          { timeout: 60_000 },
+          (err, stdout, stderr) => resolve({ code: err ? 1 : 0, signal: null, stdout, stderr }),
+        ),
+      );
+      expect(r.stderr, cmd).toBe("");
+    }
   });
 
   it.each([

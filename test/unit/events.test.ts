@@ -2,7 +2,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { canonicalJson, type EventKind, EventLog, GENESIS_HASH } from "../../src/audit/events.js";
+import {
+  boundedDetails,
+  canonicalJson,
+  type EventKind,
+  EventLog,
+  GENESIS_HASH,
+  MAX_EVENT_DETAILS_CHARS,
+} from "../../src/audit/events.js";
 import { eventFilter, eventTable, summariseDetails } from "../../src/cli/events.js";
 import { openDb } from "../../src/store/db.js";
 
@@ -91,6 +98,35 @@ describe("events", () => {
     expect(reader.list().map((e) => e.seq)).toEqual([1, 2, 3]);
     expect(reader.verifyChain()).toEqual({ intact: true, events: 3, head: reader.list()[2]!.hash });
     reader.db.close();
+  });
+
+  it("bounds an event's details: too large or not serialisable, summarised, never lost", () => {
+    const small = { a: 1, s: "x" };
+    expect(boundedDetails(small)).toBe(small);
+    const big = {
+      exitCode: 3,
+      name: "run",
+      files: Array.from({ length: 50_000 }, (_, i) => `f${i}`),
+    };
+    const b = boundedDetails(big);
+    expect(b).toEqual({
+      exitCode: 3,
+      name: "run",
+      detailsOmitted: { chars: canonicalJson(big).length, limit: MAX_EVENT_DETAILS_CHARS },
+    });
+    // A cycle cannot be serialised at all: still an event, with what could be kept.
+    const cyclic: Record<string, unknown> = { exitCode: 0 };
+    cyclic.self = cyclic;
+    expect(boundedDetails(cyclic)).toEqual({
+      exitCode: 0,
+      detailsOmitted: { chars: null, limit: MAX_EVENT_DETAILS_CHARS },
+    });
+    // Deferred beside good ones, it does not keep the batch from being committed.
+    const { log } = freshLog();
+    log.defer({ principal: "p", sandbox: "s", kind: "exec", details: cyclic, outcome: "ok" });
+    log.emit({ principal: "p", sandbox: "s", kind: "sandbox.destroy", details: {}, outcome: "ok" });
+    expect(log.list().map((e) => e.kind)).toEqual(["exec", "sandbox.destroy"]);
+    expect(log.verify()).toBeNull();
   });
 
   it("lists by sandbox, by kind or family of kinds, and the last N of those", () => {
