@@ -84,6 +84,29 @@ export async function runCommandLine(
   argvAfterDash: readonly string[] | null,
   flags: RunFlags,
 ): Promise<number> {
+  try {
+    return await runChecked(config, operands, argvAfterDash, flags);
+  } catch (err) {
+    // Refused before it ran (bad flags, no such image...): the line on stderr comes from
+    // the caller; with --json, stdout says it too.
+    if (flags.json) printJsonError(err);
+    throw err;
+  }
+}
+
+/** With --json, a failure as JSON on stdout too: a caller parsing stdout gets it there. */
+function printJsonError(err: unknown): void {
+  const e = asCorralError(err);
+  const error = { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) };
+  process.stdout.write(`${JSON.stringify({ error }, null, 2)}\n`);
+}
+
+async function runChecked(
+  config: CorralConfig,
+  operands: readonly string[],
+  argvAfterDash: readonly string[] | null,
+  flags: RunFlags,
+): Promise<number> {
   // Validate everything the user typed before touching the host.
   const choice = chooseRunProgram({
     operands,
@@ -213,12 +236,7 @@ export async function runCommandLine(
     return exitCodeForResult(result);
   } catch (err) {
     if (interrupted) finishInterrupted(null);
-    if (flags.json) {
-      // A caller that parses stdout gets the failure as JSON too (and the line on stderr).
-      const e = asCorralError(err);
-      const error = { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) };
-      process.stdout.write(`${JSON.stringify({ error }, null, 2)}\n`);
-    }
+    if (flags.json) printJsonError(err);
     return reportError(err);
   } finally {
     process.off("SIGINT", onSignal);

@@ -148,6 +148,23 @@ describe("corral run", () => {
     expect(existsSync(path.join(out, "fifo"))).toBe(false);
   });
 
+  it("--json reports a failure as JSON on stdout too, besides the one line on stderr", async () => {
+    const r = await corral(dataDir, [
+      "run",
+      "--json",
+      "--image",
+      "no-such-image",
+      "--lang",
+      "shell",
+      "-c",
+      "true",
+    ]);
+    oneLineError(r);
+    const { error } = JSON.parse(r.stdout) as { error: { code: string; message: string } };
+    expect(error.code).toBe("image_not_built");
+    expect(r.stderr).toContain(error.message);
+  });
+
   it("a relative --out is the caller's directory; skipped files are named in text mode", async () => {
     const cwd = mkdtempSync(path.join(dataDir, "cwd-"));
     const r = await new Promise<Ran>((resolve) =>
