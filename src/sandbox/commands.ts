@@ -52,6 +52,9 @@ export interface CommandInfo {
   startedAt: Date;
 }
 
+/** How long kill(SIGKILL) waits for the command's exit before it returns anyway. */
+const KILL_WAIT_MS = 2000;
+
 export interface CommandHandle {
   /** The execution id of the command (as on its result). */
   id: string;
@@ -162,6 +165,14 @@ export class TrackedCommand {
       kill: async (signal = 9) => {
         if (!this.proc) return false;
         this.proc.signal(signal);
+        // SIGKILL cannot be caught: wait (briefly) for the exit, so that list() right after
+        // no longer shows the command and a second kill says false.
+        if (signal === 9) {
+          await Promise.race([
+            this.done.catch(() => undefined),
+            new Promise((r) => setTimeout(r, KILL_WAIT_MS).unref()),
+          ]);
+        }
         return true;
       },
       sendStdin: (data) => this.live("send stdin to").writeStdin(data),

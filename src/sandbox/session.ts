@@ -334,7 +334,7 @@ export class Session {
 
   /** Environment of every kernel and command: the image's, then Corral's, then the session's. */
   private baseEnv(): Record<string, string> {
-    return { ...this.sandbox.spec.image.env, HOME: "/root", LANG: "C.UTF-8", ...this.envs };
+    return { ...this.sandbox.baseEnv(), ...this.envs };
   }
 
   private requireLive(): void {

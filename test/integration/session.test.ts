@@ -482,6 +482,11 @@ describe("background commands", () => {
     expect(await srv.kill()).toBe(false);
     expect(await s.commands.kill(srv.pid)).toBe(false);
     expect(() => s.commands.connect(srv.pid)).toThrow(/no running command/);
+    // SIGKILL (the default) returns once the command is gone: list() agrees at once.
+    const sleeper = await s.commands.run("sleep 300", { background: true });
+    expect(await s.commands.kill(sleeper.pid)).toBe(true);
+    expect(s.commands.list()).toEqual([]);
+    expect(await sleeper.kill()).toBe(false);
     await s.destroy();
   });
 
@@ -671,6 +676,17 @@ describe("packages inside a session", () => {
       expect(readdirSync(`${lib}/${py}/site-packages`)).not.toContain("corral_demo_pkg");
     }
     await Promise.all([s.destroy(), other.destroy()]);
+  });
+});
+
+describe("pip with no network", () => {
+  it("a package from an index fails at once, not after pip's 8 s of retries", async () => {
+    const s = await session();
+    const t = performance.now();
+    const r = await s.runCode("%pip install corral-no-such-package", { timeoutMs: 60_000 });
+    expect(`${r.stdout.text}${r.stderr.text}`).toMatch(/No matching distribution/);
+    expect(performance.now() - t).toBeLessThan(5000);
+    await s.destroy();
   });
 });
 
