@@ -116,6 +116,12 @@ async function runChecked(
     interactive: flags.interactive,
   });
   const language = choice.kind === "code" ? parseLanguage(choice.language) : undefined;
+  if (language === "sql" && choice.kind === "code" && choice.args.length > 0) {
+    throw new CorralError(
+      "invalid_argument",
+      "SQL takes no arguments: nothing may follow -- with --lang sql",
+    );
+  }
   const env = parseEnvFlags(flags.env ?? []);
   const workdir = flags.workdir !== undefined ? parseWorkdir(flags.workdir) : undefined;
   const hostInputs = planHostInputs(
@@ -144,7 +150,7 @@ async function runChecked(
   // WorkingDir. Code runs in /work, where --in, --db and --out work.
   const program: RunProgram =
     choice.kind === "code"
-      ? { language: language!, code: code! }
+      ? { language: language!, code: code!, args: choice.args }
       : {
           argv: imageProgramArgv(image, flags.image, choice.kind === "argv" ? choice.argv : null),
         };

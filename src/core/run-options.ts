@@ -130,7 +130,13 @@ export function planHostInputs(
  * default (its Entrypoint and Cmd), as `docker run IMAGE [ARGS...]` does.
  */
 export type RunProgramChoice =
-  | { kind: "code"; language: string; source: { file: string } | { code: string } }
+  | {
+      kind: "code";
+      language: string;
+      source: { file: string } | { code: string };
+      /** The code's own arguments (what followed --): sys.argv[1:], $1..., commandArgs(). */
+      args: string[];
+    }
   | { kind: "argv"; argv: string[] }
   | { kind: "image" };
 
@@ -138,7 +144,8 @@ const LANGUAGE_CHOICES = "python|r|shell|sql";
 
 /**
  * From the operands and flags to the one program to run. `argvAfterDash` is what followed
- * `--` on the command line (null when there was none).
+ * `--` on the command line (null when there was none): the program to run, or, with
+ * --lang, the code's own arguments.
  */
 export function chooseRunProgram(input: {
   operands: readonly string[];
@@ -148,9 +155,9 @@ export function chooseRunProgram(input: {
   interactive?: boolean | undefined;
 }): RunProgramChoice {
   const { operands, argvAfterDash, lang, code } = input;
-  if (argvAfterDash !== null) {
-    if (lang !== undefined || code !== undefined) {
-      throw invalid("-- ARGV runs a program directly: it cannot be combined with --lang or -c");
+  if (argvAfterDash !== null && lang === undefined) {
+    if (code !== undefined) {
+      throw invalid(`-c needs --lang ${LANGUAGE_CHOICES} (what follows -- is then its arguments)`);
     }
     if (operands.length > 0) {
       throw invalid(
@@ -172,18 +179,21 @@ export function chooseRunProgram(input: {
     return { kind: "image" };
   }
   if (operands.length > 1) {
-    throw invalid(`too many arguments: ${operands.join(" ")} (a program's arguments go after --)`);
+    throw invalid(
+      `too many arguments: ${operands.join(" ")} (the code's own arguments go after --: corral run --lang ${lang} ${operands[0]} -- ${operands.slice(1).join(" ")})`,
+    );
   }
+  const args = [...(argvAfterDash ?? [])];
   const file = operands[0];
   if (code !== undefined && file !== undefined) {
     throw invalid("give either a FILE or -c CODE, not both");
   }
-  if (code !== undefined) return { kind: "code", language: lang, source: { code } };
+  if (code !== undefined) return { kind: "code", language: lang, source: { code }, args };
   if (file === undefined) throw invalid("no code: give a FILE or -c CODE");
   if (file === "-" && input.interactive) {
     throw invalid("-i forwards standard input to the program; it cannot also be the code (FILE -)");
   }
-  return { kind: "code", language: lang, source: { file } };
+  return { kind: "code", language: lang, source: { file }, args };
 }
 
 /** `--workdir DIR`: absolute or relative to /work, no "..". */

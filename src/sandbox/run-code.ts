@@ -13,7 +13,7 @@ import { type ExecRequest, PhaseTimer, Sandbox } from "./sandbox.js";
 
 /** What runs: code in a language (written to a file, run by its interpreter), or an argv as is. */
 export type RunProgram =
-  | { language: Language; code: string; argv?: undefined }
+  | { language: Language; code: string; args?: readonly string[]; argv?: undefined }
   | { argv: string[]; language?: undefined; code?: undefined };
 
 /** Everything of a one-shot run but the program. */
@@ -145,7 +145,7 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
       } else {
         const codeFile = codeFileFor(req.language);
         await sandbox.writeFile(codeFile, req.code);
-        argv = argvFor(req.language, codeFile);
+        argv = [...argvFor(req.language, codeFile), ...(req.args ?? [])];
       }
       for (const input of req.inputs ?? []) await sandbox.writeFile(input.path, input.data);
       return argv;
@@ -195,7 +195,7 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
           // A program's name, not its arguments (they may hold secrets); variables by name.
           ...(req.argv !== undefined
             ? { program: req.argv[0], argc: req.argv.length }
-            : { language: req.language }),
+            : { language: req.language, ...(req.args?.length ? { argc: req.args.length } : {}) }),
           ...(req.env ? { env: Object.keys(req.env) } : {}),
           ...(req.hostInputs?.length ? { hostInputs: req.hostInputs.map((i) => i.dest) } : {}),
           image: req.image.digest,

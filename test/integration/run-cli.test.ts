@@ -283,6 +283,41 @@ describe("corral run --db and --in with the default image", () => {
     expect(readFileSync(dbFile)).toEqual(before);
   });
 
+  it("with --lang, what follows -- is the code's own arguments, in each language", async () => {
+    const py = await run([
+      "--lang",
+      "python",
+      "-c",
+      "import sys; print(sys.argv[1:])",
+      "--",
+      "a",
+      "b c",
+    ]);
+    expect(py).toMatchObject({ code: 0, stdout: "['a', 'b c']\n" });
+    const script = path.join(dataDir, "args.sh");
+    writeFileSync(script, 'echo "$#:$1:$2"\n');
+    const sh = await run(["--lang", "shell", script, "--", "-x", ""]);
+    expect(sh).toMatchObject({ code: 0, stdout: "2:-x:\n" });
+    const r = await run([
+      "--lang",
+      "r",
+      "-c",
+      "cat(commandArgs(trailingOnly = TRUE), sep = '|')",
+      "--",
+      "1",
+      "two",
+    ]);
+    expect(r).toMatchObject({ code: 0, stdout: "1|two" });
+    expectOneLineError(
+      await run(["--lang", "sql", "-c", "select 1;", "--", "x"]),
+      /SQL takes no arguments/,
+    );
+    expectOneLineError(
+      await run(["--lang", "python", script, "extra"]),
+      /the code's own arguments go after --/,
+    );
+  });
+
   it("--in with code in a language: python reads the copied file", async () => {
     const r = await run([
       "--lang",

@@ -150,16 +150,25 @@ describe("chooseRunProgram", () => {
       kind: "code",
       language: "py",
       source: { file: "x.py" },
+      args: [],
     });
     expect(chooseRunProgram({ operands: [], argvAfterDash: null, lang: "sh", code: "ls" })).toEqual(
-      { kind: "code", language: "sh", source: { code: "ls" } },
+      { kind: "code", language: "sh", source: { code: "ls" }, args: [] },
     );
     expect(chooseRunProgram({ operands: ["-"], argvAfterDash: null, lang: "r" }).kind).toBe("code");
   });
 
+  it("with --lang, what follows -- is the code's own arguments", () => {
+    expect(
+      chooseRunProgram({ operands: ["x.py"], argvAfterDash: ["a", "-b", ""], lang: "py" }),
+    ).toEqual({ kind: "code", language: "py", source: { file: "x.py" }, args: ["a", "-b", ""] });
+    expect(
+      chooseRunProgram({ operands: [], argvAfterDash: ["hi"], lang: "sh", code: 'echo "$1"' }),
+    ).toEqual({ kind: "code", language: "sh", source: { code: 'echo "$1"' }, args: ["hi"] });
+  });
+
   it.each([
-    [{ operands: [], argvAfterDash: ["/x"], lang: "python" }, /cannot be combined with --lang/],
-    [{ operands: [], argvAfterDash: ["/x"], code: "x" }, /cannot be combined with --lang or -c/],
+    [{ operands: [], argvAfterDash: ["/x"], code: "x" }, /-c needs --lang .* its arguments/],
     [{ operands: ["f"], argvAfterDash: ["/x"] }, /unexpected "f" before --/],
     [{ operands: [], argvAfterDash: [] }, /nothing after --/],
     [
@@ -170,7 +179,10 @@ describe("chooseRunProgram", () => {
       { operands: ["a.py"], argvAfterDash: null },
       /^"a.py" needs --lang python\|r\|shell\|sql to run as code; a program and its arguments go after --/,
     ],
-    [{ operands: ["a", "b"], argvAfterDash: null, lang: "py" }, /too many arguments: a b/],
+    [
+      { operands: ["a", "b"], argvAfterDash: null, lang: "py" },
+      /too many arguments: a b \(the code's own arguments go after --: corral run --lang py a -- b\)/,
+    ],
     [{ operands: ["a"], argvAfterDash: null, lang: "py", code: "x" }, /either a FILE or -c/],
     [{ operands: [], argvAfterDash: null, lang: "py" }, /no code/],
     [
