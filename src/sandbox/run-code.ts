@@ -138,20 +138,25 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
   phases.ms.create = Math.round((performance.now() - started) * 100) / 100;
   req.onSandbox?.(sandbox);
   try {
-    const argv = await phases.time("write_code", async () => {
-      let argv: string[];
-      if (req.argv !== undefined) {
-        argv = req.argv;
-      } else {
-        const codeFile = codeFileFor(req.language);
-        await sandbox.writeFile(codeFile, req.code);
-        argv = [...argvFor(req.language, codeFile), ...(req.args ?? [])];
-      }
-      for (const input of req.inputs ?? []) await sandbox.writeFile(input.path, input.data);
-      return argv;
+    // The code file and inputs go out with the program, not a round trip before it: the
+    // supervisor handles requests in order, each write whole before the next request, so
+    // the program starts only once they are written, and nothing of the user's has run
+    // while they are (Sandbox.writeFile's condition). A failed write is the error to
+    // report; the program, missing its file, fails at once and is waited for first.
+    const writes: Promise<void>[] = [];
+    const argv = phases.timeSync("write_code", () => {
+      if (req.argv !== undefined) return req.argv;
+      const codeFile = codeFileFor(req.language);
+      writes.push(sandbox.writeFile(codeFile, req.code));
+      return [...argvFor(req.language, codeFile), ...(req.args ?? [])];
     });
-    const outcome = await phases.time("exec", () =>
-      sandbox.exec({
+    for (const input of req.inputs ?? []) writes.push(sandbox.writeFile(input.path, input.data));
+    const written = Promise.all(writes).then(
+      () => null,
+      (err: unknown) => err,
+    );
+    const outcome = await phases.time("exec", async () => {
+      const ran = sandbox.exec({
         argv,
         cwd,
         timeoutMs: req.limits.timeoutMs,
@@ -160,8 +165,14 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
         ...(req.stdin !== undefined ? { stdin: req.stdin } : {}),
         ...(req.onStdout ? { onStdout: req.onStdout } : {}),
         ...(req.onStderr ? { onStderr: req.onStderr } : {}),
-      }),
-    );
+      });
+      const writeError = await written;
+      if (writeError !== null) {
+        await ran.catch(() => undefined);
+        throw writeError;
+      }
+      return ran;
+    });
     // Files are taken only after every process in the sandbox is gone.
     const stopPhases = new PhaseTimer();
     await phases.time("stop", () => sandbox.stop(stopPhases));

@@ -87,6 +87,21 @@ describe("stop and destroy", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it("a one-shot run whose code file cannot be written fails with that error, leaving nothing", async () => {
+    const { runCode } = await import("../../src/sandbox/run-code.js");
+    // /proc is mounted in the sandbox: the supervisor cannot create a file there.
+    const run = runCode(env.host, {
+      language: "shell",
+      code: "echo ran",
+      inputs: [{ path: "/proc/corral-input", data: Buffer.from("x") }],
+      image: env.image,
+      limits: { ...DEFAULT_LIMITS },
+    });
+    await expect(run).rejects.toThrow(/corral-input/);
+    expect(processesInSandboxRange([env.host.tag])).toEqual([]);
+    expect(await env.host.runtime.list()).toEqual([]);
+  });
+
   it("a container that dies by itself is kept (its cgroup readable) until destroy", async () => {
     const sandbox = await Sandbox.create(env.host, {
       image: env.image,
