@@ -40,35 +40,34 @@ export function reportError(err: unknown): number {
 
 export { CorralError };
 
-/** What `corral run` exits with when its stdout's reader went away (as a SIGPIPE death). */
+/** What `corral run` exits with when its output cannot be delivered (as a SIGPIPE death). */
 export const EXIT_SIGPIPE = 141;
 
-let stdoutClosed = false;
-const stdoutClosedListeners = new Set<() => void>();
+let outputClosed = false;
+const outputClosedListeners = new Set<() => void>();
 
 /**
- * A reader that goes away (`corral run ... | head -1`) is not an error: writes to its pipe
- * fail with EPIPE, which Node would throw from the stream, with a stack trace and, in
- * `corral run`, the sandbox left behind. Once: stdout's EPIPE tells the listeners (run
- * cancels the program, as SIGPIPE would end it); further output is dropped.
+ * Output that can no longer be delivered is not a crash: a reader that went away
+ * (`corral run ... | head -1`: EPIPE) or a destination that fails (`> /dev/full`:
+ * ENOSPC, EIO...). Node would throw such an error from the stream, with a stack trace
+ * and, in `corral run`, the sandbox left behind. The first error on stdout or stderr tells
+ * the listeners (run ends the program, as SIGPIPE would); later output is dropped.
  */
 export function watchOutputPipes(): void {
   for (const stream of [process.stdout, process.stderr]) {
-    stream.on("error", (err: NodeJS.ErrnoException) => {
-      if (err.code !== "EPIPE" && err.code !== "ERR_STREAM_DESTROYED") throw err;
-      if (stream === process.stdout && !stdoutClosed) {
-        stdoutClosed = true;
-        for (const listener of stdoutClosedListeners) listener();
-      }
+    stream.on("error", () => {
+      if (outputClosed) return;
+      outputClosed = true;
+      for (const listener of outputClosedListeners) listener();
     });
   }
 }
 
-/** Call `listener` when stdout's reader goes away (at once if it already has). */
-export function onStdoutClosed(listener: () => void): () => void {
-  if (stdoutClosed) listener();
-  stdoutClosedListeners.add(listener);
-  return () => stdoutClosedListeners.delete(listener);
+/** Call `listener` when output can no longer be delivered (at once if it already cannot). */
+export function onOutputClosed(listener: () => void): () => void {
+  if (outputClosed) listener();
+  outputClosedListeners.add(listener);
+  return () => outputClosedListeners.delete(listener);
 }
 
 /** Rows as aligned columns (two spaces apart; the last column is not padded). */

@@ -25,7 +25,7 @@ import { loadImageRef } from "../sandbox/image-ref.js";
 import { checkHostPrerequisites } from "../sandbox/prerequisites.js";
 import { type RunProgram, type RunResult, runCode } from "../sandbox/run-code.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
-import { EXIT_OOM, EXIT_SIGPIPE, EXIT_TIMEOUT, onStdoutClosed, reportError } from "./output.js";
+import { EXIT_OOM, EXIT_SIGPIPE, EXIT_TIMEOUT, onOutputClosed, reportError } from "./output.js";
 
 export interface RunFlags extends LimitFlags {
   lang?: string;
@@ -168,8 +168,9 @@ async function runChecked(
     if (sandbox) sandbox.destroy().then(done, done);
     else done();
   };
-  // Ctrl-C, SIGTERM and a closed stdout destroy the sandbox before exiting. While it is being created,
-  // the signal waits for creation to end (or fail, which cleans up after itself).
+  // Ctrl-C, SIGTERM and output that cannot be delivered destroy the sandbox before
+  // exiting. While it is being created, the signal waits for creation to end (or fail,
+  // which cleans up after itself).
   const onSignal = (signal: NodeJS.Signals) => {
     if (interrupted) return;
     interrupted = signal;
@@ -177,8 +178,9 @@ async function runChecked(
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
-  // Our stdout's reader went away (`| head`): the program goes, as SIGPIPE would end it.
-  const offStdoutClosed = onStdoutClosed(() => onSignal("SIGPIPE"));
+  // Our output cannot be delivered any more (`| head`, `> /dev/full`): the program goes,
+  // as SIGPIPE would end it.
+  const offOutputClosed = onOutputClosed(() => onSignal("SIGPIPE"));
   try {
     await collectGarbage(host, { dryRun: false });
     if (interrupted) finishInterrupted(null);
@@ -247,7 +249,7 @@ async function runChecked(
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    offStdoutClosed();
+    offOutputClosed();
     // The program is gone: stop reading our stdin, or an open pipe keeps the CLI alive.
     if (flags.interactive) process.stdin.destroy();
     // Let the layer pool finish the entry it is making (it started while the sandbox was

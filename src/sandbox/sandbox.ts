@@ -292,7 +292,6 @@ const BACKSTOP_GRACE_MS = 8000;
 export class Sandbox {
   private client: SupervisorClient | null = null;
   private stopped = false;
-  private destroyed = false;
   /** Whether stop saw every process of the container gone (destroy then overlaps steps). */
   private dead = false;
   /** The layer's loop device, if known (teardown then checks only that one). */
@@ -651,9 +650,19 @@ export class Sandbox {
     return path.join(this.paths.layer, "upper", inside);
   }
 
-  async destroy(phases: PhaseTimer = new PhaseTimer()): Promise<void> {
-    if (this.destroyed) return;
-    this.destroyed = true;
+  /**
+   * Stop and remove everything of the sandbox. A second call (Ctrl-C during the first,
+   * say) waits for the same teardown: it resolves only once the sandbox is gone and its
+   * destroy event recorded, so the caller may then close the host.
+   */
+  destroy(phases: PhaseTimer = new PhaseTimer()): Promise<void> {
+    this.destroying ??= this.teardown(phases);
+    return this.destroying;
+  }
+
+  private destroying: Promise<void> | null = null;
+
+  private async teardown(phases: PhaseTimer): Promise<void> {
     let failure: unknown = null;
     try {
       await this.stop(phases);

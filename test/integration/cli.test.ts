@@ -234,6 +234,32 @@ describe("corral run", () => {
     }
     expect(await runcList(dataDir)).toEqual([]);
     expect(await gcFinds(dataDir)).toEqual([]);
+    // The same when stderr's reader goes, or when the destination fails (a full disk).
+    for (const shell of [
+      `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" run --lang shell -c 'yes >&2' 2>&1 | head -1`,
+      `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" run --lang shell -c 'echo hi; sleep 30' > /dev/full`,
+      `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" run --lang shell -c 'echo hi >&2; sleep 30' 2> /dev/full`,
+    ]) {
+      const t = performance.now();
+      const r = await new Promise<Ran>((resolve) =>
+        execFile(
+          "sh",
+          ["-c", `${shell}; echo "rc=$?" >&2`],
+          { timeout: 60_000 },
+          (err, stdout, stderr) => resolve({ code: err ? 1 : 0, signal: null, stdout, stderr }),
+        ),
+      );
+      expect(r.stderr, shell).not.toMatch(/\bat .*\.js:\d+/);
+      expect(performance.now() - t, shell).toBeLessThan(15_000);
+    }
+    expect(await runcList(dataDir)).toEqual([]);
+    expect(await gcFinds(dataDir)).toEqual([]);
+    // Every such run is recorded whole: its exec and its sandbox's destroy.
+    const log = await corral(dataDir, ["events", "--json"]);
+    const events = JSON.parse(log.stdout) as { kind: string; sandbox: string | null }[];
+    const created = events.filter((e) => e.kind === "sandbox.create").map((e) => e.sandbox);
+    const destroyed = events.filter((e) => e.kind === "sandbox.destroy").map((e) => e.sandbox);
+    expect(destroyed.sort()).toEqual(created.sort());
     // Other commands stop writing quietly too.
     for (const cmd of ["events --json", "doctor", "gc --dry-run"]) {
       const r = await new Promise<Ran>((resolve) =>
