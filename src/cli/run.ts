@@ -7,7 +7,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { CorralConfig } from "../core/config.js";
 import { ensureDir } from "../core/dirs.js";
-import { asCorralError, CorralError } from "../core/errors.js";
+import { asCorralError, CorralError, escapeUntrusted } from "../core/errors.js";
 import { parseLanguage, SQL_DATABASE } from "../core/languages.js";
 import { formatBytes, LIMIT_FLAG_KEYS, type LimitFlags, limitsFromFlags } from "../core/limits.js";
 import {
@@ -65,6 +65,7 @@ const SKIP_REASONS: Record<NonNullable<ChangedFile["skipped"]>, string> = {
   unchanged: "an input the run left unchanged",
   total_cap: "past the total cap (the disk limit)",
   too_deep: "nested too deep",
+  write_failed: "the host could not write it",
 };
 
 /** The exit code `corral run` returns for a result: the program's, or 124/137 when killed. */
@@ -234,10 +235,17 @@ async function runChecked(
           process.stderr.write(`corral: copied ${copied.length} file(s) to ${flags.out}\n`);
         const skipped = result.files.filter((f) => f.skipped !== undefined);
         for (const f of skipped.slice(0, 10)) {
-          process.stderr.write(`corral: not copied: ${f.path} (${SKIP_REASONS[f.skipped!]})\n`);
+          // A name from the sandbox: escaped, so it cannot move the terminal or fake a line.
+          const why = SKIP_REASONS[f.skipped!] + (f.error ? `: ${f.error}` : "");
+          process.stderr.write(`corral: not copied: ${escapeUntrusted(f.path)} (${why})\n`);
         }
         if (skipped.length > 10) {
           process.stderr.write(`corral: not copied: ${skipped.length - 10} more (see --json)\n`);
+        }
+        if (result.filesTruncated) {
+          process.stderr.write(
+            `corral: not copied: the rest (a run's files are listed up to ${result.files.length})\n`,
+          );
         }
       }
     }

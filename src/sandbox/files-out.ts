@@ -14,7 +14,7 @@
 
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { type FileHandle, lstat, mkdir, open, readdir } from "node:fs/promises";
+import { type FileHandle, lstat, mkdir, open, readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { ensureDir } from "../core/dirs.js";
 import { CorralError } from "../core/errors.js";
@@ -24,7 +24,9 @@ export interface ChangedFile {
   size: number;
   sha256?: string;
   copied: boolean;
-  skipped?: "too_large" | "unsafe_name" | "unchanged" | "total_cap" | "too_deep";
+  skipped?: "too_large" | "unsafe_name" | "unchanged" | "total_cap" | "too_deep" | "write_failed";
+  /** With write_failed: why the host could not write it (one line). */
+  error?: string;
 }
 
 export const DEFAULT_FILE_CAP_BYTES = 256 * 1024 * 1024;
@@ -86,6 +88,8 @@ export async function collectChangedFiles(
      * not the run's, so it is neither reported nor copied out.
      */
     unchanged?: ReadonlySet<string>;
+    /** Set to true when the walk stopped at MAX_FILES or MAX_TOTAL_PATH_CHARS. */
+    report?: { truncated: boolean };
   } = {},
 ): Promise<ChangedFile[]> {
   const unchangedPaths = new Set([...(options.unchanged ?? [])].map((k) => k.split("\0")[0]));
@@ -111,7 +115,10 @@ export async function collectChangedFiles(
     });
     entries.sort((a, b) => Buffer.compare(a.name, b.name));
     for (const entry of entries) {
-      if (found.length >= MAX_FILES || pathChars >= MAX_TOTAL_PATH_CHARS) return;
+      if (found.length >= MAX_FILES || pathChars >= MAX_TOTAL_PATH_CHARS) {
+        if (options.report) options.report.truncated = true;
+        return;
+      }
       if (!entry.isDirectory() && !entry.isFile()) continue; // links, FIFOs, devices, whiteouts
       const name = nameOf(entry.name);
       const shown = name ?? escapeName(entry.name);
@@ -180,6 +187,7 @@ async function takeFile(
     if (st.size > budget) return { path: rel, size: st.size, copied: false, skipped: "total_cap" };
     const hash = createHash("sha256");
     let out: FileHandle | null = null;
+    let outPath: string | null = null;
     if (outDir) {
       const dest = path.join(outDir, rel);
       if (!dest.startsWith(outDir + path.sep)) {
@@ -187,31 +195,21 @@ async function takeFile(
       }
       try {
         await mkdirNoFollow(outDir, path.dirname(rel));
-      } catch (err) {
-        // A name the host's file system cannot hold (a path past PATH_MAX): not copied.
-        if ((err as NodeJS.ErrnoException).code !== "ENAMETOOLONG") throw err;
-        return { path: rel, size: st.size, copied: false, skipped: "unsafe_name" };
-      }
-      try {
         out = await open(
           dest,
           constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW,
           0o644,
         );
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENAMETOOLONG") {
-          return { path: rel, size: st.size, copied: false, skipped: "unsafe_name" };
-        }
-        if ((err as NodeJS.ErrnoException).code !== "ELOOP") throw err;
-        throw new CorralError(
-          "invalid_argument",
-          `refusing to write ${dest}: it is a symbolic link`,
-        );
+        // The host cannot take this one (a name past PATH_MAX, a directory or a symbolic
+        // link in its way, no permission): it is named as not copied, and the others go on.
+        return notWritten(rel, st.size, err);
       }
+      outPath = dest;
     }
+    const buf = Buffer.allocUnsafe(1024 * 1024);
+    let total = 0;
     try {
-      const buf = Buffer.allocUnsafe(1024 * 1024);
-      let total = 0;
       for (;;) {
         const { bytesRead } = await src.read(buf, 0, buf.length, null);
         if (bytesRead === 0) break;
@@ -220,7 +218,17 @@ async function takeFile(
           throw new CorralError("invalid_argument", `file ${rel} grew past the cap`);
         }
         hash.update(buf.subarray(0, bytesRead));
-        if (out) await out.write(buf, 0, bytesRead);
+        if (out) {
+          try {
+            await out.write(buf, 0, bytesRead);
+          } catch (err) {
+            // A full disk or a failing one on the host: no half file is left behind.
+            await out.close().catch(() => undefined);
+            out = null;
+            if (outPath) await rm(outPath, { force: true }).catch(() => undefined);
+            return notWritten(rel, st.size, err);
+          }
+        }
       }
       return { path: rel, size: total, sha256: hash.digest("hex"), copied: out !== null };
     } finally {
@@ -229,6 +237,15 @@ async function takeFile(
   } finally {
     await src.close();
   }
+}
+
+/** A file the host could not write out, with why (the errno code, or the message). */
+function notWritten(rel: string, size: number, err: unknown): ChangedFile {
+  const e = err as NodeJS.ErrnoException;
+  const why = e.code === "ENAMETOOLONG" ? null : (e.code ?? e.message ?? String(err));
+  return why === null
+    ? { path: rel, size, copied: false, skipped: "unsafe_name" }
+    : { path: rel, size, copied: false, skipped: "write_failed", error: String(why).slice(0, 200) };
 }
 
 /** Create outDir/relDir one level at a time, refusing any existing symlink on the way. */

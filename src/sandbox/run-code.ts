@@ -65,6 +65,8 @@ export interface RunResult {
   stdout: StreamResult;
   stderr: StreamResult;
   files: ChangedFile[];
+  /** The run wrote more files (or longer names) than `files` lists: see files-out.ts. */
+  filesTruncated?: boolean;
   limits: Limits;
 }
 
@@ -224,11 +226,13 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
         outcome: outcome.killed ?? (outcome.exitCode === 0 ? "ok" : "error"),
       });
     let files: ChangedFile[];
+    const walk = { truncated: false };
     try {
       files = await phases.time("files", () =>
         collectChangedFiles(sandbox.upperPath("work"), {
           ...(req.outDir ? { outDir: req.outDir } : {}),
           unchanged: unchangedInputs,
+          report: walk,
           // The host never takes in more than the sandbox could hold (sparse files!).
           totalCapBytes: req.limits.diskBytes,
         }),
@@ -252,6 +256,7 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
       stdout: streamResult(outcome.stdout.bytes(), outcome.stdout.total),
       stderr: streamResult(outcome.stderr.bytes(), outcome.stderr.total),
       files,
+      ...(walk.truncated ? { filesTruncated: true } : {}),
       limits: req.limits,
     };
     return result;

@@ -1,6 +1,6 @@
 /** The `corral` command as a user runs it: real processes, real sandboxes. */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { CLI, ROOT, testDataDir } from "../helpers/sandbox.js";
@@ -197,6 +197,36 @@ describe("corral run", () => {
     expect(readFileSync(path.join(cwd, "out/d/b.txt"), "utf8")).toBe("b\n");
     expect(r.stderr).toMatch(/^corral: copied 2 file\(s\) to out$/m);
     expect(r.stderr).toMatch(/^corral: not copied: bad.*name \(its name cannot be written safely/m);
+  });
+
+  it("a file the host cannot write out is named, escaped; the others come out; the exit code stays", async () => {
+    const out = mkdtempSync(path.join(dataDir, "out-blocked-"));
+    // In the way on the host: a file where the run makes a directory, a directory where
+    // it makes a file (with a name that would drive a terminal).
+    writeFileSync(path.join(out, "d"), "x");
+    mkdirSync(path.join(out, "z\x1b[2J"));
+    const r = await corral(dataDir, [
+      "run",
+      "--out",
+      out,
+      "--lang",
+      "shell",
+      "-c",
+      "mkdir d; echo a > d/f; echo b > ok; printf c > $'z\\e[2J'; exit 3",
+    ]);
+    expect(r.code).toBe(3);
+    expect(readFileSync(path.join(out, "ok"), "utf8")).toBe("b\n");
+    expect(r.stderr).toMatch(/^corral: copied 1 file\(s\) to /m);
+    expect(r.stderr).toMatch(/^corral: not copied: d\/f \(the host could not write it: /m);
+    expect(r.stderr).toMatch(
+      /^corral: not copied: z\\x1b\[2J \(the host could not write it: EISDIR\)$/m,
+    );
+    expect(r.stderr).not.toContain("\x1b");
+    // The run's record has its exit code.
+    const log = JSON.parse(
+      (await corral(dataDir, ["events", "--kind", "exec", "--json", "--limit", "1"])).stdout,
+    );
+    expect(log[0].details.exitCode).toBe(3);
   });
 
   it("an --out that cannot be a directory is refused before anything runs", async () => {

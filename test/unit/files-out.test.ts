@@ -62,15 +62,21 @@ describe("collectChangedFiles", () => {
     expect(existsSync(path.join(out, "link-to-host"))).toBe(false);
   });
 
-  it("refuses to write through a symlink planted in the destination", async () => {
+  it("refuses to write through a symlink planted in the destination (and goes on)", async () => {
     const upper = tmp();
     const out = tmp();
     const victim = path.join(tmp(), "victim");
     writeFileSync(victim, "untouched");
     writeFileSync(path.join(upper, "x"), "payload");
+    writeFileSync(path.join(upper, "y"), "fine");
     symlinkSync(victim, path.join(out, "x"));
-    await expect(collectChangedFiles(upper, { outDir: out })).rejects.toThrow();
+    const files = await collectChangedFiles(upper, { outDir: out });
+    expect(files.map((f) => [f.path, f.copied, f.skipped ?? null, f.error ?? null])).toEqual([
+      ["x", false, "write_failed", "ELOOP"],
+      ["y", true, null, null],
+    ]);
     expect(readFileSync(victim, "utf8")).toBe("untouched");
+    expect(readFileSync(path.join(out, "y"), "utf8")).toBe("fine");
   });
 
   it("takes nothing when /work itself was replaced by a link", async () => {
