@@ -83,6 +83,8 @@ export class WarmPool {
   private closed = false;
   /** close() has finished: no refill runs and no sandbox waits. */
   private drained = false;
+  /** take() calls under way (each may be creating a sandbox on the host). */
+  private taking = 0;
   private filling: Promise<void> | null = null;
   /** Three creations in a row failed: wait for the next hand-out to try again. */
   private gaveUp = false;
@@ -189,18 +191,25 @@ export class WarmPool {
         this.maybeRelease();
       },
     };
-    session = await this.takeOne(opts);
-    if (session.endReason === null) this.live.add(session);
-    return session;
+    this.taking++;
+    try {
+      session = await this.takeOne(opts);
+      if (session.endReason === null) this.live.add(session);
+      return session;
+    } finally {
+      this.taking--;
+      this.maybeRelease();
+    }
   }
 
   /**
    * The host goes once the pool is closed (its refill ended, its waiting sandboxes gone:
    * `drained`) and every session it handed out has ended, whichever comes last. Before
-   * that, a session ending must not take the host from under a refill still creating.
+   * that, a session ending must not take the host from under a refill still creating,
+   * nor may a close take it from under a take still creating (`taking`).
    */
   private maybeRelease(): void {
-    if (this.drained && this.live.size === 0 && this.releaseHost) {
+    if (this.drained && this.live.size === 0 && this.taking === 0 && this.releaseHost) {
       const release = this.releaseHost;
       this.releaseHost = null;
       release();
@@ -264,8 +273,18 @@ export class WarmPool {
     }
   }
 
-  /** Destroy every waiting sandbox; sessions already handed out are their callers'. */
-  async close(): Promise<void> {
+  /**
+   * Destroy every waiting sandbox; sessions already handed out are their callers'. A
+   * second call waits for the first.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.drain();
+    return this.closing;
+  }
+
+  private closing: Promise<void> | null = null;
+
+  private async drain(): Promise<void> {
     this.closed = true;
     await this.filling;
     const waiting = this.ready.splice(0);

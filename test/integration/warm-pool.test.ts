@@ -145,6 +145,53 @@ describe("warm pool", () => {
     }
   });
 
+  it("a take under way and a second close keep the host until they are done", async () => {
+    for (const scenario of ["take during close", "close twice"] as const) {
+      const config = loadConfig({ dataDir: testDataDir("warm-release") });
+      const host = await openHost(config);
+      let released = false;
+      const pool = new WarmPool(
+        host,
+        {
+          image: env.image,
+          limits: { ...DEFAULT_LIMITS },
+          size: scenario === "take during close" ? 0 : 2,
+        },
+        () => {
+          released = true;
+          host.close();
+        },
+      );
+      if (scenario === "take during close") {
+        // Nothing is ready: the take creates a sandbox while the pool closes.
+        const taking = pool.take();
+        await pool.close();
+        const s = await taking;
+        expect(released).toBe(false);
+        const r = await s.runCode("1 + 1");
+        expect(r.results[0]?.data["text/plain"]).toBe("2");
+        await s.destroy();
+      } else {
+        await pool.whenFull();
+        await Promise.all([pool.close(), pool.close()]);
+      }
+      const deadline = Date.now() + 10_000;
+      while (!released && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(released, scenario).toBe(true);
+      const check = await openHost(config);
+      try {
+        expect(await check.runtime.list(), scenario).toEqual([]);
+        expect(readdirSync(check.sandboxesDir), scenario).toEqual([]);
+        // Every sandbox made has its destroy recorded (none was cut off by a closed host).
+        const kinds = check.events.list().map((e) => e.kind);
+        const count = (k: string) => kinds.filter((x) => x === k).length;
+        expect(count("sandbox.destroy"), scenario).toBe(count("sandbox.create"));
+      } finally {
+        check.close();
+      }
+    }
+  });
+
   it("closed while a taken session is still being destroyed: the host goes only after the refill", async () => {
     // A host of its own, which the pool closes when it releases it (as createWarmPool's).
     const config = loadConfig({ dataDir: testDataDir("warm-release") });
