@@ -3,6 +3,7 @@
  * supervisor binary that sandboxes run. Opened once per process (CLI command or server).
  */
 import { createHash } from "node:crypto";
+import { readdirSync, readlinkSync } from "node:fs";
 import {
   chmod,
   copyFile,
@@ -38,6 +39,8 @@ export interface Host {
   /** The kernel drivers' directory (installKernels), mounted at /.corral/kernels. */
   kernels: string;
   swapAccounting: boolean;
+  /** Where /sys/block's links point (the host's disks in sysfs), for the sandbox's masks. */
+  sysBlockTargets: string[];
   sandboxesDir: string;
   /** Pre-made writable layers (see runtime/layer-pool.ts); null when disabled. */
   layerPool: LayerPool | null;
@@ -166,6 +169,17 @@ async function symlinkedDirs(config: CorralConfig): Promise<string | null> {
   return null;
 }
 
+/** The targets of /sys/block's links, as absolute paths (none when it cannot be read). */
+function sysBlockTargets(): string[] {
+  try {
+    return readdirSync("/sys/block").map((n) =>
+      path.resolve("/sys/block", readlinkSync(path.join("/sys/block", n))),
+    );
+  } catch {
+    return [];
+  }
+}
+
 export async function openHost(config: CorralConfig): Promise<Host> {
   if (process.getuid?.() !== 0) {
     throw new CorralError(
@@ -206,6 +220,7 @@ export async function openHost(config: CorralConfig): Promise<Host> {
     supervisor,
     kernels,
     swapAccounting: swapAccounting(cgroupVersion()),
+    sysBlockTargets: sysBlockTargets(),
     sandboxesDir,
     layerPool,
     close: () => {

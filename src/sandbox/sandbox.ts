@@ -273,6 +273,7 @@ export async function layOutSandbox(
       kernelsHostDir: host.kernels,
       cgroupsPath: owned.cgroupsPath,
       swapAccounting: host.swapAccounting,
+      sysBlockTargets: host.sysBlockTargets,
       ...(blockDevices ? { blockDevices } : {}),
     });
     mkdirSync(paths.bundle, { mode: 0o711 });

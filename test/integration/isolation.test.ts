@@ -177,12 +177,14 @@ describe("isolation", () => {
         "shell",
         [
           "cat /sys/block/loop*/loop/backing_file /sys/devices/virtual/block/loop*/loop/backing_file 2>/dev/null",
-          "for d in /sys/block /sys/class/block /sys/devices/virtual/block; do ls -A $d; done | wc -w",
-          "wc -c < /proc/diskstats",
+          "for d in /sys/block /sys/class/block /sys/devices/virtual/block /sys/dev/block /sys/class/bdi /sys/devices/virtual/bdi /sys/fs/ext4 /proc/fs/ext4 /proc/fs/jbd2; do ls -A $d; done | wc -w",
+          "cat /proc/diskstats /proc/partitions | wc -c",
+          // The host's own disks: no stat file reachable anywhere under /sys/devices.
+          "find /sys/devices -name stat -path '*/block/*' 2>/dev/null | wc -l",
           "echo end",
         ].join("; "),
       );
-      expect(r.stdout.text).toBe("0\n0\nend\n");
+      expect(r.stdout.text).toBe("0\n0\n0\nend\n");
       expect(r.stdout.text).not.toContain(neighbour.id);
     } finally {
       await neighbour.destroy();

@@ -2,7 +2,12 @@ import { describe, expect, it } from "vitest";
 import { CorralError } from "../../src/core/errors.js";
 import { DEFAULT_LIMITS, MiB } from "../../src/core/limits.js";
 import { chooseLayerKind, type SandboxSpec } from "../../src/core/sandbox.js";
-import { buildOciSpec, MASKED_PATHS, READONLY_PATHS } from "../../src/sandbox/runtime/oci-spec.js";
+import {
+  buildOciSpec,
+  diskMasks,
+  MASKED_PATHS,
+  READONLY_PATHS,
+} from "../../src/sandbox/runtime/oci-spec.js";
 
 const spec: SandboxSpec = {
   id: "sb-000000000001",
@@ -183,5 +188,30 @@ describe("chooseLayerKind", () => {
     [1024 * MiB, 512 * MiB, "ext4-loop"],
   ])("disk %d with memory %d → %s", (diskBytes, memoryBytes, kind) => {
     expect(chooseLayerKind({ diskBytes, memoryBytes })).toBe(kind);
+  });
+});
+
+describe("diskMasks", () => {
+  it("masks the host's own disks in sysfs, and nothing that is not plainly one", () => {
+    expect(
+      diskMasks([
+        "/sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda",
+        "/sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda", // twice: once
+        "/sys/devices/virtual/block/loop0", // masked whole already
+        "/sys/devices/../etc", // not canonical
+        "/etc/passwd", // not sysfs
+        "/sys/devices/platform/x y", // a space
+        "/sys/devices",
+        "relative/block/sda",
+      ]),
+    ).toEqual(["/sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda"]);
+    const config = buildOciSpec({
+      ...input,
+      sysBlockTargets: ["/sys/devices/platform/sd/block/sda"],
+    });
+    expect(config.linux.maskedPaths).toEqual([
+      ...MASKED_PATHS,
+      "/sys/devices/platform/sd/block/sda",
+    ]);
   });
 });

@@ -71,6 +71,8 @@ export const MASKED_PATHS = [
   "/proc/acpi",
   "/proc/asound",
   "/proc/diskstats",
+  "/proc/fs/ext4",
+  "/proc/fs/jbd2",
   "/proc/interrupts",
   "/proc/kcore",
   "/proc/keys",
@@ -78,13 +80,33 @@ export const MASKED_PATHS = [
   "/proc/sched_debug",
   "/proc/scsi",
   "/proc/timer_list",
+  "/proc/partitions",
   "/proc/timer_stats",
   "/sys/block",
+  "/sys/class/bdi",
   "/sys/class/block",
+  "/sys/dev/block",
+  "/sys/devices/virtual/bdi",
   "/sys/devices/virtual/block",
   "/sys/devices/virtual/powercap",
   "/sys/firmware",
+  "/sys/fs/ext4",
 ] as const;
+
+/**
+ * The host's own disks' directories in sysfs (their `stat` is diskstats again), from the
+ * targets of /sys/block's links as the host found them: only plain paths strictly under
+ * /sys/devices, outside /sys/devices/virtual (masked whole above), are taken.
+ */
+export function diskMasks(sysBlockTargets: readonly string[]): string[] {
+  const out = new Set<string>();
+  for (const t of sysBlockTargets) {
+    if (!/^\/sys\/devices\/[\w.:+@-]+(\/[\w.:+@-]+)*$/.test(t)) continue;
+    if (t.startsWith("/sys/devices/virtual/") || t.split("/").includes("..")) continue;
+    out.add(t);
+  }
+  return [...out].sort();
+}
 
 /** Paths under /proc that stay visible but must never be written. */
 export const READONLY_PATHS = [
@@ -108,6 +130,8 @@ export interface OciSpecInput {
    * device), found by the host. Needed only when an I/O limit is set.
    */
   blockDevices?: readonly BlockDevice[];
+  /** The host disks' sysfs directories (the targets of /sys/block's links): masked too. */
+  sysBlockTargets?: readonly string[];
 }
 
 export function buildOciSpec(input: OciSpecInput): OciConfig {
@@ -216,7 +240,7 @@ export function buildOciSpec(input: OciSpecInput): OciConfig {
         cpu: { quota: Math.max(1000, Math.round(limits.cpus * period)), period },
         pids: { limit: limits.pids },
       },
-      maskedPaths: [...MASKED_PATHS],
+      maskedPaths: [...MASKED_PATHS, ...diskMasks(input.sysBlockTargets ?? [])],
       readonlyPaths: [...READONLY_PATHS],
       // Mount events never propagate from the sandbox back to the host.
       rootfsPropagation: "private",
