@@ -73,12 +73,13 @@ export function eventHash(prevHash: string, e: Omit<StoredEvent, "hash" | "prevH
 
 /** The most an event's details may take as canonical JSON; past it they are summarised. */
 export const MAX_EVENT_DETAILS_CHARS = 256 * 1024;
+/** In a summarised event, each value kept is at most this large. */
+const MAX_KEPT_VALUE_CHARS = 8 * 1024;
 
 /**
  * An event's details as they will be stored: as given when their canonical JSON fits in
  * MAX_EVENT_DETAILS_CHARS; otherwise (or when they cannot be serialised at all: a string
- * past V8's limit) their top-level numbers, booleans and short strings, with a note of
- * what was left out. So no event can be too large to record, and none (deferred with
+ * past V8's limit) their small top-level values, with a note of what was left out. So no event can be too large to record, and none (deferred with
  * others) can keep the rest of its batch from being committed.
  */
 export function boundedDetails(details: Record<string, unknown>): Record<string, unknown> {
@@ -89,10 +90,20 @@ export function boundedDetails(details: Record<string, unknown>): Record<string,
     chars = null;
   }
   if (chars !== null && chars <= MAX_EVENT_DETAILS_CHARS) return details;
+  // What is small stays (a window's times, the executions it belongs to): only the
+  // values too large or unserialisable go, so the event keeps its attribution.
   const kept: Record<string, unknown> = {};
+  let total = 0;
   for (const [k, v] of Object.entries(details)) {
-    if (typeof v === "number" || typeof v === "boolean" || v === null) kept[k] = v;
-    else if (typeof v === "string" && v.length <= 1024) kept[k] = v;
+    let size: number;
+    try {
+      size = canonicalJson(v).length;
+    } catch {
+      continue;
+    }
+    if (size > MAX_KEPT_VALUE_CHARS || total + size > MAX_EVENT_DETAILS_CHARS / 2) continue;
+    kept[k] = v;
+    total += size;
   }
   return { ...kept, detailsOmitted: { chars, limit: MAX_EVENT_DETAILS_CHARS } };
 }

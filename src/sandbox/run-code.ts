@@ -3,6 +3,7 @@
  * it. This is the path `corral run` and the demo take; sessions reuse its pieces.
  */
 import { createHash } from "node:crypto";
+import { asCorralError } from "../core/errors.js";
 import { argvFor, codeFileFor } from "../core/languages.js";
 import type { Limits } from "../core/limits.js";
 import type { HostInput } from "../core/run-options.js";
@@ -173,7 +174,28 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
         await ran.catch(() => undefined);
         throw writeError;
       }
-      return ran;
+      try {
+        return await ran;
+      } catch (err) {
+        // It never ran (not found, not executable, a bad working directory): recorded too,
+        // with why, and committed with the destroy event like every run's.
+        const e = asCorralError(err);
+        host.events.defer({
+          principal: host.config.principal,
+          sandbox: sandbox.id,
+          kind: "exec",
+          details: {
+            ...(req.argv !== undefined
+              ? { program: req.argv[0], argc: req.argv.length }
+              : { language: req.language }),
+            image: req.image.digest,
+            started: false,
+            error: { code: e.code, message: e.message.slice(0, 1024) },
+          },
+          outcome: "error",
+        });
+        throw err;
+      }
     });
     // Files are taken only after every process in the sandbox is gone.
     const stopPhases = new PhaseTimer();

@@ -98,6 +98,25 @@ describe("corral run -- ARGV in an image with only a static binary", () => {
       126,
       "program /work is not executable in the image (permission denied)",
     );
+    // Each attempt is in the record, with why it never ran.
+    const log = await corral([
+      "--data-dir",
+      dataDir,
+      "events",
+      "--kind",
+      "exec",
+      "--json",
+      "--limit",
+      "3",
+    ]);
+    const execs = JSON.parse(log.stdout) as { outcome: string; details: Record<string, unknown> }[];
+    expect(
+      execs.map((e) => [e.outcome, e.details.started, (e.details.error as { code: string }).code]),
+    ).toEqual([
+      ["error", false, "program_not_found"],
+      ["error", false, "program_not_found"],
+      ["error", false, "program_not_executable"],
+    ]);
   });
 
   it("--env adds variables to the image's environment", async () => {

@@ -106,12 +106,17 @@ describe("events", () => {
     const big = {
       exitCode: 3,
       name: "run",
+      window: { from: "t0", to: "t1" },
+      executions: ["e1", "e2"],
       files: Array.from({ length: 50_000 }, (_, i) => `f${i}`),
     };
     const b = boundedDetails(big);
+    // The small values (attribution included) stay; the large one goes.
     expect(b).toEqual({
       exitCode: 3,
       name: "run",
+      window: { from: "t0", to: "t1" },
+      executions: ["e1", "e2"],
       detailsOmitted: { chars: canonicalJson(big).length, limit: MAX_EVENT_DETAILS_CHARS },
     });
     // A cycle cannot be serialised at all: still an event, with what could be kept.
