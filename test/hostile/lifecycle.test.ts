@@ -88,7 +88,14 @@ describe("lifecycle", () => {
       expect(r.out).toBe("started\n");
       expect(r.killed).toBeNull();
       // It left the shell's session (the supervisor's per-process kill would miss it)...
-      expect(await sandboxProcesses(sandbox)).toEqual(["sleep"]);
+      // (The shell can exit while its child is still nohup, before nohup execs sleep.)
+      const deadline = Date.now() + 5000;
+      let seen = await sandboxProcesses(sandbox);
+      while (seen.join() !== "sleep" && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+        seen = await sandboxProcesses(sandbox);
+      }
+      expect(seen).toEqual(["sleep"]);
       // ...and is a real host process, in the sandbox's id range, while the sandbox lives.
       expect(hostProcesses().some((p) => /\(sleep\)/.test(p))).toBe(true);
     });
