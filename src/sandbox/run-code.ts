@@ -3,6 +3,7 @@
  * it. This is the path `corral run` and the demo take; sessions reuse its pieces.
  */
 import { createHash } from "node:crypto";
+import type { Outcome } from "../audit/events.js";
 import { asCorralError } from "../core/errors.js";
 import { argvFor, codeFileFor } from "../core/languages.js";
 import type { Limits } from "../core/limits.js";
@@ -141,6 +142,23 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
   phases.ms.create = Math.round((performance.now() - started) * 100) / 100;
   req.onSandbox?.(sandbox);
   try {
+    // The run's record (kind exec), whether it ran or not. Deferred: committed with the
+    // sandbox.destroy event, which the finally below always records before anything goes
+    // back to the caller. A program's name, not its arguments (they may hold secrets).
+    const recordExec = (details: Record<string, unknown>, outcome: Outcome) =>
+      host.events.defer({
+        principal: host.config.principal,
+        sandbox: sandbox.id,
+        kind: "exec",
+        details: {
+          ...(req.argv !== undefined
+            ? { program: req.argv[0], argc: req.argv.length }
+            : { language: req.language, ...(req.args?.length ? { argc: req.args.length } : {}) }),
+          image: req.image.digest,
+          ...details,
+        },
+        outcome,
+      });
     // The code file and inputs go out with the program, not a round trip before it: the
     // supervisor handles requests in order, each write whole before the next request, so
     // the program starts only once they are written, and nothing of the user's has run
@@ -178,22 +196,12 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
         return await ran;
       } catch (err) {
         // It never ran (not found, not executable, a bad working directory): recorded too,
-        // with why, and committed with the destroy event like every run's.
+        // with why.
         const e = asCorralError(err);
-        host.events.defer({
-          principal: host.config.principal,
-          sandbox: sandbox.id,
-          kind: "exec",
-          details: {
-            ...(req.argv !== undefined
-              ? { program: req.argv[0], argc: req.argv.length }
-              : { language: req.language }),
-            image: req.image.digest,
-            started: false,
-            error: { code: e.code, message: e.message.slice(0, 1024) },
-          },
-          outcome: "error",
-        });
+        recordExec(
+          { started: false, error: { code: e.code, message: e.message.slice(0, 1024) } },
+          "error",
+        );
         throw err;
       }
     });
@@ -218,22 +226,12 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
     );
     const durationMs = Math.round((performance.now() - started) * 10) / 10;
     const cpuMs = outcome.usage.cpuUs === null ? null : Math.round(outcome.usage.cpuUs / 100) / 10;
-    // The run's record. Committed with the sandbox.destroy event, which the finally below
-    // always records before anything goes back to the caller; made even if bringing the
-    // files out fails, so no run that happened goes unrecorded.
-    const recordExec = (files: readonly ChangedFile[], filesError?: string) =>
-      host.events.defer({
-        principal: host.config.principal,
-        sandbox: sandbox.id,
-        kind: "exec",
-        details: {
-          // A program's name, not its arguments (they may hold secrets); variables by name.
-          ...(req.argv !== undefined
-            ? { program: req.argv[0], argc: req.argv.length }
-            : { language: req.language, ...(req.args?.length ? { argc: req.args.length } : {}) }),
+    // Made even if bringing the files out fails, so no run that happened goes unrecorded.
+    const recordRun = (files: readonly ChangedFile[], filesError?: string) =>
+      recordExec(
+        {
           ...(req.env ? { env: Object.keys(req.env) } : {}),
           ...(req.hostInputs?.length ? { hostInputs: req.hostInputs.map((i) => i.dest) } : {}),
-          image: req.image.digest,
           exitCode: outcome.exitCode,
           killed: outcome.killed,
           sandboxKilled: outcome.sandboxKilled,
@@ -245,8 +243,8 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
           ...filesForEvent(files),
           ...(filesError !== undefined ? { filesError: filesError.slice(0, 1024) } : {}),
         },
-        outcome: outcome.killed ?? (outcome.exitCode === 0 ? "ok" : "error"),
-      });
+        outcome.killed ?? (outcome.exitCode === 0 ? "ok" : "error"),
+      );
     let files: ChangedFile[];
     const walk = { truncated: false };
     try {
@@ -260,10 +258,10 @@ export async function runCode(host: Host, req: RunCodeRequest): Promise<RunResul
         }),
       );
     } catch (err) {
-      recordExec([], err instanceof Error ? err.message : String(err));
+      recordRun([], err instanceof Error ? err.message : String(err));
       throw err;
     }
-    recordExec(files);
+    recordRun(files);
     const result: RunResult = {
       sandbox: sandbox.id,
       image: req.image.digest,
