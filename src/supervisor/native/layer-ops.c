@@ -204,10 +204,35 @@ struct step {
 static struct step steps[MAX_STEPS];
 static int nsteps;
 
+/* The index of `tok` among the n `keys`, or n when it is none of them. */
+static int key_index(const char *tok, const char *const *keys, int n)
+{
+    int k = 0;
+    while (k < n && strcmp(tok, keys[k]) != 0)
+        k++;
+    return k;
+}
+
+/* Split "key=value" in place: the value, or NULL when there is no '='. */
+static char *split_value(char *tok)
+{
+    char *eq = strchr(tok, '=');
+    if (!eq)
+        return NULL;
+    *eq = '\0';
+    return eq + 1;
+}
+
+/* No empty item in a comma-separated list (strtok_r would skip it unseen). */
+static int no_empty_items(const char *data)
+{
+    return strstr(data, ",,") == NULL && data[0] != ',' && data[strlen(data) - 1] != ',';
+}
+
 /* tmpfs: size=N, nr_inodes=N, mode=OCTAL, each at most once. */
 static int check_tmpfs_data(const char *data)
 {
-    static const char *keys[] = { "size", "nr_inodes", "mode" };
+    static const char *const keys[] = { "size", "nr_inodes", "mode" };
     int seen[3] = { 0, 0, 0 };
     char buf[256];
     if (strlen(data) >= sizeof buf)
@@ -215,26 +240,21 @@ static int check_tmpfs_data(const char *data)
     strcpy(buf, data);
     char *save = NULL;
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        if (!eq)
-            return 0;
-        *eq = '\0';
-        int k = 0;
-        while (k < 3 && strcmp(tok, keys[k]) != 0)
-            k++;
+        char *value = split_value(tok);
+        int k = value ? key_index(tok, keys, 3) : 3;
         if (k == 3 || seen[k]++)
             return 0;
-        if (!all_digits(eq + 1, k == 2 ? 4 : 20, k == 2))
+        if (!all_digits(value, k == 2 ? 4 : 20, k == 2))
             return 0;
     }
-    return strstr(data, ",,") == NULL && data[0] != ',' && data[strlen(data) - 1] != ',';
+    return no_empty_items(data);
 }
 
 /* ext4 (the layer of one sandbox, formatted for it): nobarrier and noinit_itable, each
  * at most once, or nothing. */
 static int check_ext4_data(const char *data)
 {
-    static const char *keys[] = { "nobarrier", "noinit_itable" };
+    static const char *const keys[] = { "nobarrier", "noinit_itable" };
     int seen[2] = { 0, 0 };
     char buf[64];
     if (data[0] == '\0')
@@ -244,41 +264,33 @@ static int check_ext4_data(const char *data)
     strcpy(buf, data);
     char *save = NULL;
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int k = 0;
-        while (k < 2 && strcmp(tok, keys[k]) != 0)
-            k++;
+        int k = key_index(tok, keys, 2);
         if (k == 2 || seen[k]++)
             return 0;
     }
-    return strstr(data, ",,") == NULL && data[0] != ',' && data[strlen(data) - 1] != ',';
+    return no_empty_items(data);
 }
 
 /* overlay: lowerdir, upperdir and workdir, each exactly once, each a clean path; the
  * upper and work directories under WITHIN (the lower one is the read-only image). */
 static int check_overlay_data(struct step *s, const char *within)
 {
-    static const char *keys[] = { "lowerdir", "upperdir", "workdir" };
+    static const char *const keys[] = { "lowerdir", "upperdir", "workdir" };
     if (strlen(s->data) >= sizeof s->ovl_buf)
         return 0;
     strcpy(s->ovl_buf, s->data);
     memset(s->ovl_dirs, 0, sizeof s->ovl_dirs);
     char *save = NULL;
     for (char *tok = strtok_r(s->ovl_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        if (!eq)
+        char *value = split_value(tok);
+        int k = value ? key_index(tok, keys, 3) : 3;
+        if (k == 3 || s->ovl_dirs[k] || !clean_path(value))
             return 0;
-        *eq = '\0';
-        int k = 0;
-        while (k < 3 && strcmp(tok, keys[k]) != 0)
-            k++;
-        if (k == 3 || s->ovl_dirs[k] || !clean_path(eq + 1))
+        if (k > 0 && !strictly_under(value, within))
             return 0;
-        if (k > 0 && !strictly_under(eq + 1, within))
-            return 0;
-        s->ovl_dirs[k] = eq + 1;
+        s->ovl_dirs[k] = value;
     }
-    return s->ovl_dirs[0] && s->ovl_dirs[1] && s->ovl_dirs[2] && strstr(s->data, ",,") == NULL &&
-           s->data[strlen(s->data) - 1] != ',';
+    return s->ovl_dirs[0] && s->ovl_dirs[1] && s->ovl_dirs[2] && no_empty_items(s->data);
 }
 
 static int source_name(const char *s)
