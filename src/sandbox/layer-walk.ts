@@ -11,6 +11,7 @@
  */
 import { constants } from "node:fs";
 import { lstat, open, readdir } from "node:fs/promises";
+import { escapeName, nameOf } from "./files-out.js";
 
 export type LayerEntryType = "file" | "dir" | "symlink" | "whiteout" | "other";
 
@@ -46,27 +47,14 @@ function typeOf(st: Awaited<ReturnType<typeof lstat>>): LayerEntryType {
   return "other";
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-
 /**
- * A name as the walk records it: its text, or, when its bytes are not UTF-8, the bytes
- * escaped (\xNN), so that two different names can never come out as one.
+ * A name as the walk records it: its text, or, when its bytes are not UTF-8 (or its text
+ * has a backslash, which the escapes use), the bytes escaped (\xNN), so that two different
+ * names can never come out as one.
  */
 export function layerName(bytes: Buffer): string {
-  try {
-    const text = strictUtf8.decode(bytes);
-    if (!text.includes("\\")) return text;
-  } catch {
-    // escaped below
-  }
-  let out = "";
-  for (const b of bytes) {
-    out +=
-      b >= 0x20 && b < 0x7f && b !== 0x5c
-        ? String.fromCharCode(b)
-        : `\\x${b.toString(16).padStart(2, "0")}`;
-  }
-  return out;
+  const text = nameOf(bytes);
+  return text !== null && !text.includes("\\") ? text : escapeName(bytes);
 }
 
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
