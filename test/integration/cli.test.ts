@@ -44,6 +44,15 @@ function runcList(dataDir: string): Promise<string[]> {
   );
 }
 
+/** A shell command line (pipes, redirections), as a user types it. */
+function shell(line: string): Promise<Ran> {
+  return new Promise((resolve) =>
+    execFile("sh", ["-c", line], { timeout: 60_000 }, (err, stdout, stderr) =>
+      resolve({ code: err ? 1 : 0, signal: null, stdout, stderr }),
+    ),
+  );
+}
+
 async function gcFinds(dataDir: string): Promise<string[]> {
   const r = await corral(dataDir, ["gc", "--dry-run", "--json"]);
   const report = JSON.parse(r.stdout) as Record<string, string[]>;
@@ -244,19 +253,10 @@ describe("corral run", () => {
   });
 
   it("a reader that goes away (| head) ends the run like SIGPIPE: no trace, nothing left", async () => {
+    const cli = `"${process.execPath}" "${CLI}" --data-dir "${dataDir}"`;
     for (const program of ["seq 1000000", "yes"]) {
       const t = performance.now();
-      const r = await new Promise<Ran>((resolve) =>
-        execFile(
-          "sh",
-          [
-            "-c",
-            `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" run -- ${program} | head -1; echo "rc=\${?}"`,
-          ],
-          { timeout: 60_000 },
-          (err, stdout, stderr) => resolve({ code: err ? 1 : 0, signal: null, stdout, stderr }),
-        ),
-      );
+      const r = await shell(`${cli} run -- ${program} | head -1; echo "rc=\${?}"`);
       expect(r.stdout, program).toMatch(/^(1|y)\nrc=0\n$/);
       expect(r.stderr, program).toBe("");
       // `yes` never ends by itself: the closed pipe ended it, not the run's timeout.
@@ -265,22 +265,15 @@ describe("corral run", () => {
     expect(await runcList(dataDir)).toEqual([]);
     expect(await gcFinds(dataDir)).toEqual([]);
     // The same when stderr's reader goes, or when the destination fails (a full disk).
-    for (const shell of [
-      `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" run --lang shell -c 'yes >&2' 2>&1 | head -1`,
-      `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" run --lang shell -c 'echo hi; sleep 30' > /dev/full`,
-      `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" run --lang shell -c 'echo hi >&2; sleep 30' 2> /dev/full`,
+    for (const line of [
+      `${cli} run --lang shell -c 'yes >&2' 2>&1 | head -1`,
+      `${cli} run --lang shell -c 'echo hi; sleep 30' > /dev/full`,
+      `${cli} run --lang shell -c 'echo hi >&2; sleep 30' 2> /dev/full`,
     ]) {
       const t = performance.now();
-      const r = await new Promise<Ran>((resolve) =>
-        execFile(
-          "sh",
-          ["-c", `${shell}; echo "rc=$?" >&2`],
-          { timeout: 60_000 },
-          (err, stdout, stderr) => resolve({ code: err ? 1 : 0, signal: null, stdout, stderr }),
-        ),
-      );
-      expect(r.stderr, shell).not.toMatch(/\bat .*\.js:\d+/);
-      expect(performance.now() - t, shell).toBeLessThan(15_000);
+      const r = await shell(`${line}; echo "rc=$?" >&2`);
+      expect(r.stderr, line).not.toMatch(/\bat .*\.js:\d+/);
+      expect(performance.now() - t, line).toBeLessThan(15_000);
     }
     expect(await runcList(dataDir)).toEqual([]);
     expect(await gcFinds(dataDir)).toEqual([]);
@@ -292,17 +285,7 @@ describe("corral run", () => {
     expect(destroyed.sort()).toEqual(created.sort());
     // Other commands stop writing quietly too.
     for (const cmd of ["events --json", "doctor", "gc --dry-run"]) {
-      const r = await new Promise<Ran>((resolve) =>
-        execFile(
-          "sh",
-          [
-            "-c",
-            `"${process.execPath}" "${CLI}" --data-dir "${dataDir}" ${cmd} | head -c 10 >/dev/null`,
-          ],
-          { timeout: 60_000 },
-          (err, stdout, stderr) => resolve({ code: err ? 1 : 0, signal: null, stdout, stderr }),
-        ),
-      );
+      const r = await shell(`${cli} ${cmd} | head -c 10 >/dev/null`);
       expect(r.stderr, cmd).toBe("");
     }
   });

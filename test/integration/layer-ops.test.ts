@@ -120,6 +120,13 @@ async function mounted(f: Fake, check: () => Promise<void> | void): Promise<void
   }
 }
 
+/** Attach `file` to a free loop device without autoclear (as a crash would leave it). */
+async function attach(file: string): Promise<string> {
+  const r = await runCommand(["losetup", "--find", "--show", file]);
+  expect(r.code).toBe(0);
+  return r.stdout.trim();
+}
+
 describe("layer-up and layer-down", () => {
   it("a loop-backed ext4: mounted as planned, then gone with its loop device", async () => {
     const f = await fakeSandbox();
@@ -198,11 +205,6 @@ describe("layer-up and layer-down", () => {
     const g = await fakeSandbox();
     // Without autoclear, as a crash between attach and mount would leave it; and one
     // whose file is already deleted.
-    const attach = async (file: string) => {
-      const r = await runCommand(["losetup", "--find", "--show", file]);
-      expect(r.code).toBe(0);
-      return r.stdout.trim();
-    };
     const kept = await attach(f.layerImage);
     const orphan = await attach(g.layerImage);
     rmSync(g.layerImage);
@@ -228,11 +230,6 @@ describe("layer-up and layer-down", () => {
   it("layer-down told the layer's device detaches that one, and no device of another file", async () => {
     const f = await fakeSandbox();
     const g = await fakeSandbox();
-    const attach = async (file: string) => {
-      const r = await runCommand(["losetup", "--find", "--show", file]);
-      expect(r.code).toBe(0);
-      return r.stdout.trim();
-    };
     const own = await attach(f.layerImage);
     const other = await attach(g.layerImage);
     try {

@@ -7,7 +7,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/core/config.js";
 import { DEFAULT_LIMITS } from "../../src/core/limits.js";
-import { openHost } from "../../src/sandbox/host.js";
+import { type Host, openHost } from "../../src/sandbox/host.js";
 import { mountsUnder } from "../../src/sandbox/runtime/mounts.js";
 import { poolKey, WarmPool } from "../../src/sandbox/warm-pool.js";
 import { type TestEnv, testDataDir, testEnv } from "../helpers/sandbox.js";
@@ -147,81 +147,78 @@ describe("warm pool", () => {
 
   it("a take under way and a second close keep the host until they are done", async () => {
     for (const scenario of ["take during close", "close twice"] as const) {
-      const config = loadConfig({ dataDir: testDataDir("warm-release") });
-      const host = await openHost(config);
-      let released = false;
-      const pool = new WarmPool(
-        host,
-        {
-          image: env.image,
-          limits: { ...DEFAULT_LIMITS },
-          size: scenario === "take during close" ? 0 : 2,
-        },
-        () => {
-          released = true;
-          host.close();
-        },
-      );
+      const own = await poolOnItsOwnHost(scenario === "take during close" ? 0 : 2);
       if (scenario === "take during close") {
         // Nothing is ready: the take creates a sandbox while the pool closes.
-        const taking = pool.take();
-        await pool.close();
+        const taking = own.pool.take();
+        await own.pool.close();
         const s = await taking;
-        expect(released).toBe(false);
+        expect(own.released()).toBe(false);
         const r = await s.runCode("1 + 1");
         expect(r.results[0]?.data["text/plain"]).toBe("2");
         await s.destroy();
       } else {
-        await pool.whenFull();
-        await Promise.all([pool.close(), pool.close()]);
+        await own.pool.whenFull();
+        await Promise.all([own.pool.close(), own.pool.close()]);
       }
-      const deadline = Date.now() + 10_000;
-      while (!released && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      expect(released, scenario).toBe(true);
-      const check = await openHost(config);
-      try {
+      await own.waitReleased();
+      expect(own.released(), scenario).toBe(true);
+      await own.check(async (check) => {
         expect(await check.runtime.list(), scenario).toEqual([]);
         expect(readdirSync(check.sandboxesDir), scenario).toEqual([]);
         // Every sandbox made has its destroy recorded (none was cut off by a closed host).
         const kinds = check.events.list().map((e) => e.kind);
         const count = (k: string) => kinds.filter((x) => x === k).length;
         expect(count("sandbox.destroy"), scenario).toBe(count("sandbox.create"));
-      } finally {
-        check.close();
-      }
+      });
     }
   });
 
   it("closed while a taken session is still being destroyed: the host goes only after the refill", async () => {
-    // A host of its own, which the pool closes when it releases it (as createWarmPool's).
-    const config = loadConfig({ dataDir: testDataDir("warm-release") });
-    const host = await openHost(config);
-    let released = false;
-    const pool = new WarmPool(
-      host,
-      { image: env.image, limits: { ...DEFAULT_LIMITS }, size: 1 },
-      () => {
-        released = true;
-        host.close();
-      },
-    );
-    await pool.whenFull();
-    const s = await pool.take();
+    const own = await poolOnItsOwnHost(1);
+    await own.pool.whenFull();
+    const s = await own.pool.take();
     // The take started a refill; the session's end would release the host at once.
     const destroyed = s.destroy();
-    await pool.close();
+    await own.pool.close();
     await destroyed;
-    const deadline = Date.now() + 10_000;
-    while (!released && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(released).toBe(true);
+    await own.waitReleased();
+    expect(own.released()).toBe(true);
     // Nothing of the refill (or anything else) was left behind by a host closed under it.
-    const check = await openHost(config);
-    try {
+    await own.check(async (check) => {
       expect(await check.runtime.list()).toEqual([]);
-      expect(await mountsUnder(config.dataDir)).toEqual([]);
+      expect(await mountsUnder(check.config.dataDir)).toEqual([]);
       expect(readdirSync(check.sandboxesDir)).toEqual([]);
-    } finally {
-      check.close();
-    }
+    });
   });
 });
+
+/**
+ * A pool on a host of its own, which the pool closes when it releases it (as
+ * createWarmPool's does); `check` looks at what is left through a second host.
+ */
+async function poolOnItsOwnHost(size: number) {
+  const config = loadConfig({ dataDir: testDataDir("warm-release") });
+  const host = await openHost(config);
+  let released = false;
+  const pool = new WarmPool(host, { image: env.image, limits: { ...DEFAULT_LIMITS }, size }, () => {
+    released = true;
+    host.close();
+  });
+  return {
+    pool,
+    released: () => released,
+    async waitReleased() {
+      const deadline = Date.now() + 10_000;
+      while (!released && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    },
+    async check(look: (check: Host) => Promise<void>) {
+      const check = await openHost(config);
+      try {
+        await look(check);
+      } finally {
+        check.close();
+      }
+    },
+  };
+}
