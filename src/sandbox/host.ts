@@ -169,12 +169,16 @@ async function symlinkedDirs(config: CorralConfig): Promise<string | null> {
   return null;
 }
 
-/** The targets of /sys/block's links, as absolute paths (none when it cannot be read). */
+/**
+ * The targets of /sys/block's links but loop devices', as absolute paths (none when it
+ * cannot be read). Read once per host, at open.
+ */
 function sysBlockTargets(): string[] {
   try {
-    return readdirSync("/sys/block").map((n) =>
-      path.resolve("/sys/block", readlinkSync(path.join("/sys/block", n))),
-    );
+    // Loop devices (a hundred, on a busy host) are virtual, masked whole: not read at all.
+    return readdirSync("/sys/block")
+      .filter((n) => !/^loop\d+$/.test(n))
+      .map((n) => path.resolve("/sys/block", readlinkSync(path.join("/sys/block", n))));
   } catch {
     return [];
   }

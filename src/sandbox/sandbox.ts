@@ -155,16 +155,20 @@ export class PhaseTimer {
     try {
       return await step();
     } finally {
-      this.ms[name] = Math.round((performance.now() - t) * 100) / 100 + (this.ms[name] ?? 0);
+      this.add(name, t);
     }
   }
+  /** The same for a synchronous step (which must not yield: callers rely on its order). */
   timeSync<T>(name: string, step: () => T): T {
     const t = performance.now();
     try {
       return step();
     } finally {
-      this.ms[name] = Math.round((performance.now() - t) * 100) / 100 + (this.ms[name] ?? 0);
+      this.add(name, t);
     }
+  }
+  private add(name: string, since: number): void {
+    this.ms[name] = Math.round((performance.now() - since) * 100) / 100 + (this.ms[name] ?? 0);
   }
 }
 
