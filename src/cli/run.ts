@@ -25,7 +25,7 @@ import { loadImageRef } from "../sandbox/image-ref.js";
 import { checkHostPrerequisites } from "../sandbox/prerequisites.js";
 import { type RunProgram, type RunResult, runCode } from "../sandbox/run-code.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
-import { EXIT_OOM, EXIT_SIGPIPE, EXIT_TIMEOUT, onOutputClosed, reportError } from "./output.js";
+import { EXIT_OOM, EXIT_SIGPIPE, EXIT_TIMEOUT, onOutputClosed } from "./output.js";
 
 export interface RunFlags extends LimitFlags {
   lang?: string;
@@ -88,18 +88,16 @@ export async function runCommandLine(
   try {
     return await runChecked(config, operands, argvAfterDash, flags);
   } catch (err) {
-    // Refused before it ran (bad flags, no such image...): the line on stderr comes from
-    // the caller; with --json, stdout says it too.
-    if (flags.json) printJsonError(err);
+    // Any failure, refused before it ran (bad flags, no such image...) or during the run:
+    // the one line on stderr comes from the caller; with --json, stdout says it too, so a
+    // caller parsing stdout gets it there.
+    if (flags.json) {
+      const e = asCorralError(err);
+      const error = { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) };
+      process.stdout.write(`${JSON.stringify({ error }, null, 2)}\n`);
+    }
     throw err;
   }
-}
-
-/** With --json, a failure as JSON on stdout too: a caller parsing stdout gets it there. */
-function printJsonError(err: unknown): void {
-  const e = asCorralError(err);
-  const error = { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}) };
-  process.stdout.write(`${JSON.stringify({ error }, null, 2)}\n`);
 }
 
 async function runChecked(
@@ -252,8 +250,7 @@ async function runChecked(
     return exitCodeForResult(result);
   } catch (err) {
     if (interrupted) finishInterrupted(null);
-    if (flags.json) printJsonError(err);
-    return reportError(err);
+    throw err;
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
