@@ -260,7 +260,13 @@ describe("shell context", () => {
     });
     expect(r.stdout.text).toBe("started\n");
     expect(performance.now() - t0).toBeLessThan(1500);
-    const ps = await own.commands.run(["pgrep", "-x", "sleep"]);
+    // (The shell can answer while its child is still nohup, before nohup execs sleep.)
+    let ps = await own.commands.run(["pgrep", "-x", "sleep"]);
+    const deadline = Date.now() + 5000;
+    while (ps.exitCode !== 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+      ps = await own.commands.run(["pgrep", "-x", "sleep"]);
+    }
     expect(ps.exitCode).toBe(0);
     await own.destroy();
     // The leak check at the end of the run proves no process is left on the host.
