@@ -40,10 +40,11 @@ export function reportError(err: unknown): number {
 
 export { CorralError };
 
-/** What `corral run` exits with when its output cannot be delivered (as a SIGPIPE death). */
+/** What a command exits with when its reader went away (as a SIGPIPE death would). */
 export const EXIT_SIGPIPE = 141;
 
-let outputClosed = false;
+/** Why output could not be delivered (the first error), or null while it can. */
+let outputError: NodeJS.ErrnoException | null = null;
 const outputClosedListeners = new Set<() => void>();
 
 /**
@@ -51,21 +52,36 @@ const outputClosedListeners = new Set<() => void>();
  * (`corral run ... | head -1`: EPIPE) or a destination that fails (`> /dev/full`:
  * ENOSPC, EIO...). Node would throw such an error from the stream, with a stack trace
  * and, in `corral run`, the sandbox left behind. The first error on stdout or stderr tells
- * the listeners (run ends the program, as SIGPIPE would); later output is dropped.
+ * the listeners (run ends the program, as SIGPIPE would); later output is dropped. A
+ * command that would otherwise exit 0 does not: it exits 141 for a reader gone, 125 (with
+ * one line on the other stream, if it still works) for a destination that failed.
  */
 export function watchOutputPipes(): void {
   for (const stream of [process.stdout, process.stderr]) {
-    stream.on("error", () => {
-      if (outputClosed) return;
-      outputClosed = true;
+    stream.on("error", (err: NodeJS.ErrnoException) => {
+      if (outputError) return;
+      outputError = err;
+      if (err.code !== "EPIPE") {
+        const other = stream === process.stdout ? process.stderr : process.stdout;
+        const name = stream === process.stdout ? "stdout" : "stderr";
+        other.write(`corral: cannot write to ${name}: ${err.code ?? err.message}\n`);
+      }
       for (const listener of outputClosedListeners) listener();
     });
   }
+  process.on("exit", () => {
+    if (outputError && !process.exitCode) process.exitCode = outputExitCode();
+  });
+}
+
+/** The exit code for output that could not be delivered (see watchOutputPipes). */
+export function outputExitCode(): number {
+  return outputError?.code === "EPIPE" ? EXIT_SIGPIPE : EXIT_CORRAL_ERROR;
 }
 
 /** Call `listener` when output can no longer be delivered (at once if it already cannot). */
 export function onOutputClosed(listener: () => void): () => void {
-  if (outputClosed) listener();
+  if (outputError) listener();
   outputClosedListeners.add(listener);
   return () => outputClosedListeners.delete(listener);
 }

@@ -25,7 +25,7 @@ import { loadImageRef } from "../sandbox/image-ref.js";
 import { checkHostPrerequisites } from "../sandbox/prerequisites.js";
 import { type RunProgram, type RunResult, runCode } from "../sandbox/run-code.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
-import { EXIT_OOM, EXIT_SIGPIPE, EXIT_TIMEOUT, onOutputClosed } from "./output.js";
+import { EXIT_OOM, EXIT_TIMEOUT, onOutputClosed, outputExitCode } from "./output.js";
 
 export interface RunFlags extends LimitFlags {
   lang?: string;
@@ -162,7 +162,7 @@ async function runChecked(
     const signal = interrupted ?? "SIGTERM";
     const done = () => {
       host.close();
-      process.exit(signal === "SIGINT" ? 130 : signal === "SIGPIPE" ? EXIT_SIGPIPE : 143);
+      process.exit(signal === "SIGINT" ? 130 : signal === "SIGPIPE" ? outputExitCode() : 143);
     };
     if (sandbox) sandbox.destroy().then(done, done);
     else done();

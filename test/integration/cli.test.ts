@@ -283,6 +283,11 @@ describe("corral run", () => {
     const created = events.filter((e) => e.kind === "sandbox.create").map((e) => e.sandbox);
     const destroyed = events.filter((e) => e.kind === "sandbox.destroy").map((e) => e.sandbox);
     expect(destroyed.sort()).toEqual(created.sort());
+    // Output written after the run (--json) that cannot be delivered is not a success
+    // either: one line and 125 for a destination that fails (141 for a reader gone).
+    const full = await shell(`${cli} run --json -- echo hi > /dev/full; echo rc=$?`);
+    expect(full.stdout).toBe("rc=125\n");
+    expect(full.stderr).toBe("corral: cannot write to stdout: ENOSPC\n");
     // Other commands stop writing quietly too.
     for (const cmd of ["events --json", "doctor", "gc --dry-run"]) {
       const r = await shell(`${cli} ${cmd} | head -c 10 >/dev/null`);
